@@ -1,0 +1,27 @@
+# The two commands of the README, plus a few helpers. Each installs what it needs first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit bootstrap clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	$(BIN)/telemeter-stack
+
+test: bootstrap lint typecheck
+	$(BIN)/pytest -q
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: bootstrap
+	$(BIN)/mypy
+
+unit: bootstrap
+	$(BIN)/pytest -q tests/unit
+
+clean:
+	rm -rf build *.egg-info telemeter/core/_fastpass.c telemeter/core/*.so .mypy_cache .ruff_cache .pytest_cache

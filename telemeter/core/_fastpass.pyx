@@ -1,0 +1,849 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled single pass over an upload (ARCHITECTURE.md decision 12).
+
+It decodes the varint-delimited MetricFamily protobuf straight from the bytes, validates every
+metric, applies the whitelist, elide and extra labels, replaces timestamps and renders the text
+exposition lines, with no Python object per label or sample. `telemeter.core.upload` documents
+the rules; `process_reference` there is the specification this must match byte for byte.
+
+Known, deliberate differences from a generic protobuf decoder: a known field with the wrong wire
+type is rejected (upb would keep it as an unknown field), and a value sub-message sent twice is
+taken from its last occurrence instead of being merged.
+"""
+
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+
+from telemeter.core.errors import InvalidPayload, TooLarge
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdio.h>
+    #include <string.h>
+
+    /* Go's strconv.FormatFloat(v, 'g', -1, 64) for a finite, non-zero v: shortest round-trip
+       digits (taken from CPython's repr), exponent form when the exponent is < -4 or >= 6. */
+    static int tm_format_double(double v, char *out) {
+        char *s = PyOS_double_to_string(fabs(v), 'r', 0, 0, NULL);
+        if (s == NULL) return -1;
+        char digits[32]; int nd = 0, whole = 0, seen_point = 0, exp10 = 0, lead = 0;
+        for (char *c = s; *c; c++) {
+            if (*c == '.') { seen_point = 1; continue; }
+            if (*c == 'e') { exp10 = atoi(c + 1); break; }
+            if (!seen_point) whole++;
+            if (nd == 0 && *c == '0') { lead++; continue; }
+            if (nd < 31) digits[nd++] = *c;
+        }
+        PyMem_Free(s);
+        while (nd > 1 && digits[nd - 1] == '0') nd--;
+        int point = whole + exp10 - lead;
+        int exp = point - 1, n = 0;
+        if (v < 0) out[n++] = '-';
+        if (exp < -4 || exp >= 6) {
+            out[n++] = digits[0];
+            if (nd > 1) { out[n++] = '.'; memcpy(out + n, digits + 1, nd - 1); n += nd - 1; }
+            n += sprintf(out + n, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+        } else if (point <= 0) {
+            out[n++] = '0'; out[n++] = '.';
+            for (int i = 0; i < -point; i++) out[n++] = '0';
+            memcpy(out + n, digits, nd); n += nd;
+        } else if (point >= nd) {
+            memcpy(out + n, digits, nd); n += nd;
+            for (int i = nd; i < point; i++) out[n++] = '0';
+        } else {
+            memcpy(out + n, digits, point); n += point; out[n++] = '.';
+            memcpy(out + n, digits + point, nd - point); n += nd - point;
+        }
+        return n;
+    }
+
+    /* Strict UTF-8 validation (no overlongs, no surrogates, at most U+10FFFF). */
+    static int tm_valid_utf8(const unsigned char *s, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        while (i < n) {
+            if (i + 8 <= n) {  /* ASCII fast path, eight bytes at a time */
+                unsigned long long w; memcpy(&w, s + i, 8);
+                if ((w & 0x8080808080808080ULL) == 0) { i += 8; continue; }
+            }
+            unsigned char c = s[i];
+            if (c < 0x80) { i++; continue; }
+            int len; unsigned int cp;
+            if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
+            else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
+            else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
+            else return 0;
+            if (i + len > n) return 0;
+            for (int k = 1; k < len; k++) {
+                if ((s[i + k] & 0xC0) != 0x80) return 0;
+                cp = (cp << 6) | (s[i + k] & 0x3F);
+            }
+            if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+                (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) return 0;
+            i += len;
+        }
+        return 1;
+    }
+    """
+    int tm_format_double(double v, char *out) except -1
+    int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
+    double fabs(double)
+    int isnan(double)
+    int isinf(double)
+    int signbit(double)
+    int snprintf(char *, size_t, const char *, ...)
+
+DEF COUNTER = 0
+DEF GAUGE = 1
+DEF SUMMARY = 2
+DEF UNTYPED = 3
+DEF HISTOGRAM = 4
+DEF GAUGE_HISTOGRAM = 5
+DEF MAX_KEY = 4294967295
+DEF NO_TS = -9223372036854775807
+DEF DROP = 0
+DEF PER_SERIES = 2
+
+cdef struct Buf:
+    char *data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+cdef struct Span:
+    Py_ssize_t start
+    Py_ssize_t end
+
+cdef struct Label:
+    Py_ssize_t name
+    Py_ssize_t name_len
+    Py_ssize_t value
+    Py_ssize_t value_len
+
+cdef struct Pair:
+    const char *name
+    Py_ssize_t name_len
+    const char *value
+    Py_ssize_t value_len
+
+
+cdef int grow(Buf *b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap
+    cdef char *p
+    if b.len + extra <= b.cap:
+        return 0
+    cap = b.cap * 2
+    if cap < b.len + extra:
+        cap = b.len + extra
+    if cap < 4096:
+        cap = 4096
+    p = <char *>realloc(b.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int put(Buf *b, const char *s, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        grow(b, n)
+    memcpy(b.data + b.len, s, n)
+    b.len += n
+    return 0
+
+
+cdef int put_value(Buf *b, double v) except -1:
+    cdef char tmp[48]
+    cdef int n
+    if isnan(v):
+        return put(b, "NaN", 3)
+    if isinf(v):
+        return put(b, "+Inf", 4) if v > 0 else put(b, "-Inf", 4)
+    if v == 0:
+        return put(b, "-0", 2) if signbit(v) else put(b, "0", 1)
+    if fabs(v) < 1e6 and v == <double>(<int64_t>v):
+        n = snprintf(tmp, 48, "%lld", <long long>v)
+    else:
+        n = tm_format_double(v, tmp)
+    return put(b, tmp, n)
+
+
+cdef int put_uint(Buf *b, uint64_t v) except -1:
+    cdef char tmp[24]
+    cdef int n = snprintf(tmp, 24, "%llu", <unsigned long long>v)
+    return put(b, tmp, n)
+
+
+cdef int put_count(Buf *b, uint64_t integer, double floating) except -1:
+    if floating > 0:
+        return put_value(b, floating)
+    return put_uint(b, integer)
+
+
+cdef int put_escaped(Buf *b, const char *s, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    cdef char c
+    grow(b, 2 * n)
+    for i in range(n):
+        c = s[i]
+        if c == 92 or c == 34 or c == 10:
+            break
+    else:  # nothing to escape: one copy
+        memcpy(b.data + b.len, s, n)
+        b.len += n
+        return 0
+    for i in range(n):
+        c = s[i]
+        if c == 92:  # backslash
+            b.data[b.len] = 92
+            b.data[b.len + 1] = 92
+            b.len += 2
+        elif c == 34:  # double quote
+            b.data[b.len] = 92
+            b.data[b.len + 1] = 34
+            b.len += 2
+        elif c == 10:  # newline
+            b.data[b.len] = 92
+            b.data[b.len + 1] = 110
+            b.len += 2
+        else:
+            b.data[b.len] = c
+            b.len += 1
+    return 0
+
+
+# ---- protobuf wire reading -------------------------------------------------------------------
+
+cdef inline int read_varint(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end, uint64_t *out) except -1:
+    if pos[0] < end and d[pos[0]] < 0x80:  # most varints here are one byte
+        out[0] = d[pos[0]]
+        pos[0] += 1
+        return 0
+    return read_varint_slow(d, pos, end, out)
+
+
+cdef int read_varint_slow(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end, uint64_t *out) except -1:
+    cdef uint64_t result = 0
+    cdef int shift = 0
+    cdef uint8_t byte
+    while True:
+        if pos[0] >= end:
+            raise InvalidPayload("truncated protobuf varint")
+        if shift >= 64:
+            raise InvalidPayload("protobuf varint longer than 10 bytes")
+        byte = d[pos[0]]
+        pos[0] += 1
+        result |= (<uint64_t>(byte & 0x7F)) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    out[0] = result
+    return 0
+
+
+cdef inline int read_key(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end, int *field, int *wire) except -1:
+    cdef uint64_t key
+    read_varint(d, pos, end, &key)
+    if key > <uint64_t>MAX_KEY or (key >> 3) == 0:
+        raise InvalidPayload("invalid protobuf field number")
+    field[0] = <int>(key >> 3)
+    wire[0] = <int>(key & 7)
+    return 0
+
+
+cdef inline int read_len(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end, Span *span) except -1:
+    cdef uint64_t n
+    read_varint(d, pos, end, &n)
+    if n > <uint64_t>(end - pos[0]):
+        raise InvalidPayload("protobuf length beyond the end of its message")
+    span.start = pos[0]
+    span.end = pos[0] + <Py_ssize_t>n
+    pos[0] = span.end
+    return 0
+
+
+cdef inline double read_double(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end) except? -1.0:
+    cdef double v
+    if end - pos[0] < 8:
+        raise InvalidPayload("truncated protobuf double")
+    memcpy(&v, d + pos[0], 8)  # protobuf doubles are little-endian, like the hosts we build for
+    pos[0] += 8
+    return v
+
+
+cdef int skip(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end, int wire) except -1:
+    cdef uint64_t ignored
+    cdef Span span
+    if wire == 0:
+        read_varint(d, pos, end, &ignored)
+    elif wire == 1:
+        if end - pos[0] < 8:
+            raise InvalidPayload("truncated protobuf fixed64")
+        pos[0] += 8
+    elif wire == 2:
+        read_len(d, pos, end, &span)
+    elif wire == 5:
+        if end - pos[0] < 4:
+            raise InvalidPayload("truncated protobuf fixed32")
+        pos[0] += 4
+    else:
+        raise InvalidPayload("unsupported protobuf wire type")
+    return 0
+
+
+cdef inline int expect(int wire, int wanted) except -1:
+    if wire != wanted:
+        raise InvalidPayload("unexpected protobuf wire type")
+    return 0
+
+
+cdef double read_value_message(const uint8_t *d, Span span) except? -1.0:
+    """Gauge, Counter or Untyped: field 1 is the double value."""
+    cdef Py_ssize_t pos = span.start
+    cdef int field, wire
+    cdef double v = 0.0
+    while pos < span.end:
+        read_key(d, &pos, span.end, &field, &wire)
+        if field == 1:
+            expect(wire, 1)
+            v = read_double(d, &pos, span.end)
+        else:
+            skip(d, &pos, span.end, wire)
+    return v
+
+
+# ---- names ------------------------------------------------------------------------------------
+
+cdef inline bint name_char(uint8_t c, bint first, bint colon):
+    if (c >= 97 and c <= 122) or (c >= 65 and c <= 90) or c == 95:
+        return True
+    if colon and c == 58:
+        return True
+    return not first and c >= 48 and c <= 57
+
+
+cdef bint valid_name(const uint8_t *s, Py_ssize_t n, bint colon):
+    cdef Py_ssize_t i
+    if n == 0:
+        return False
+    for i in range(n):
+        if not name_char(s[i], i == 0, colon):
+            return False
+    return True
+
+
+cdef list pairs_of(object items, list keep):
+    """Keep the encoded (name, value) bytes alive in `keep` and return them as a list of tuples."""
+    out = []
+    for name, value in items:
+        nb = name.encode()
+        vb = value.encode()
+        keep.append(nb)
+        keep.append(vb)
+        out.append((nb, vb))
+    return out
+
+
+cdef Pair *to_pairs(list items) except NULL:
+    cdef Pair *pairs = <Pair *>malloc((len(items) + 1) * sizeof(Pair))
+    cdef Py_ssize_t i
+    if pairs == NULL:
+        raise MemoryError()
+    for i in range(len(items)):
+        nb, vb = items[i]
+        pairs[i].name = PyBytes_AS_STRING(nb)
+        pairs[i].name_len = PyBytes_GET_SIZE(nb)
+        pairs[i].value = PyBytes_AS_STRING(vb)
+        pairs[i].value_len = PyBytes_GET_SIZE(vb)
+    return pairs
+
+
+cdef inline bint same(const char *a, Py_ssize_t an, const char *b, Py_ssize_t bn):
+    return an == bn and memcmp(a, b, an) == 0
+
+
+# ---- the pass ---------------------------------------------------------------------------------
+
+cdef class _Pass:
+    cdef const uint8_t *d
+    cdef object whitelist
+    cdef Pair *tokens
+    cdef Py_ssize_t ntokens
+    cdef Pair *extras
+    cdef Py_ssize_t nextras
+    cdef Pair *elide
+    cdef Py_ssize_t nelide
+    cdef Py_ssize_t max_series, max_labels, max_len
+    cdef int64_t now_ms, min_ts
+    cdef Label *labels
+    cdef bint *extra_used
+    cdef Buf lbuf
+    cdef Buf fbuf
+    cdef char ts[32]
+    cdef int ts_len
+    cdef Py_ssize_t received, kept, past, future
+
+    def __dealloc__(self):
+        free(self.tokens)
+        free(self.extras)
+        free(self.elide)
+        free(self.labels)
+        free(self.extra_used)
+        free(self.lbuf.data)
+        free(self.fbuf.data)
+
+    cdef int put_labels(self, Py_ssize_t nlabels) except -1:
+        """Render `{a="b",...` (no closing brace) into lbuf: elide, replace and append extras."""
+        cdef Buf *b = &self.lbuf
+        cdef Py_ssize_t i, j
+        cdef const char *name
+        cdef const char *value
+        cdef Py_ssize_t name_len, value_len
+        cdef bint skipped
+        b.len = 0
+        for j in range(self.nextras):
+            self.extra_used[j] = False
+        for i in range(nlabels):
+            name = <const char *>self.d + self.labels[i].name
+            name_len = self.labels[i].name_len
+            skipped = False
+            for j in range(self.nelide):
+                if same(name, name_len, self.elide[j].name, self.elide[j].name_len):
+                    skipped = True
+                    break
+            if skipped:
+                continue
+            value = <const char *>self.d + self.labels[i].value
+            value_len = self.labels[i].value_len
+            for j in range(self.nextras):
+                if same(name, name_len, self.extras[j].name, self.extras[j].name_len):
+                    value = self.extras[j].value
+                    value_len = self.extras[j].value_len
+                    self.extra_used[j] = True
+                    break
+            if value_len == 0:
+                continue
+            put(b, "," if b.len else "{", 1)
+            put(b, name, name_len)
+            put(b, '="', 2)
+            put_escaped(b, value, value_len)
+            put(b, '"', 1)
+        for j in range(self.nextras):
+            if self.extra_used[j] or self.extras[j].value_len == 0:
+                continue
+            put(b, "," if b.len else "{", 1)
+            put(b, self.extras[j].name, self.extras[j].name_len)
+            put(b, '="', 2)
+            put_escaped(b, self.extras[j].value, self.extras[j].value_len)
+            put(b, '"', 1)
+        return 0
+
+    cdef int line_start(self, const char *name, Py_ssize_t name_len, const char *suffix,
+                        Py_ssize_t suffix_len) except -1:
+        put(&self.fbuf, name, name_len)
+        put(&self.fbuf, suffix, suffix_len)
+        return 0
+
+    cdef int line_labels(self, const char *extra, Py_ssize_t extra_len, bint has_extra) except -1:
+        """Close the label set, adding `extra` (`le=`/`quantile=` prefix) when given, then a space."""
+        cdef Buf *b = &self.fbuf
+        if has_extra:
+            put(b, self.lbuf.data, self.lbuf.len) if self.lbuf.len else put(b, "{", 1)
+            if self.lbuf.len:
+                put(b, ",", 1)
+            put(b, extra, extra_len)
+            put(b, "} ", 2)
+        elif self.lbuf.len:
+            put(b, self.lbuf.data, self.lbuf.len)
+            put(b, "} ", 2)
+        else:
+            put(b, " ", 1)
+        return 0
+
+    cdef int line_end(self) except -1:
+        return put(&self.fbuf, self.ts, self.ts_len)
+
+    cdef int simple_line(self, const char *name, Py_ssize_t name_len, const char *suffix,
+                         Py_ssize_t suffix_len, double value) except -1:
+        self.line_start(name, name_len, suffix, suffix_len)
+        self.line_labels(NULL, 0, False)
+        put_value(&self.fbuf, value)
+        return self.line_end()
+
+    cdef int render_summary(self, const char *name, Py_ssize_t name_len, Span span) except -1:
+        cdef const uint8_t *d = self.d
+        cdef Py_ssize_t pos = span.start
+        cdef Py_ssize_t qpos
+        cdef int field, wire, qfield, qwire
+        cdef uint64_t count = 0
+        cdef double total = 0.0, q, v
+        cdef Span sub
+        cdef Buf extra
+        extra.data = NULL
+        extra.len = 0
+        extra.cap = 0
+        try:
+            while pos < span.end:
+                read_key(d, &pos, span.end, &field, &wire)
+                if field == 1:
+                    expect(wire, 0)
+                    read_varint(d, &pos, span.end, &count)
+                elif field == 2:
+                    expect(wire, 1)
+                    total = read_double(d, &pos, span.end)
+                elif field == 3:
+                    expect(wire, 2)
+                    read_len(d, &pos, span.end, &sub)
+                    q = 0.0
+                    v = 0.0
+                    qpos = sub.start
+                    while qpos < sub.end:
+                        read_key(d, &qpos, sub.end, &qfield, &qwire)
+                        if qfield == 1:
+                            expect(qwire, 1)
+                            q = read_double(d, &qpos, sub.end)
+                        elif qfield == 2:
+                            expect(qwire, 1)
+                            v = read_double(d, &qpos, sub.end)
+                        else:
+                            skip(d, &qpos, sub.end, qwire)
+                    extra.len = 0
+                    put(&extra, 'quantile="', 10)
+                    put_value(&extra, q)
+                    put(&extra, '"', 1)
+                    self.line_start(name, name_len, "", 0)
+                    self.line_labels(extra.data, extra.len, True)
+                    put_value(&self.fbuf, v)
+                    self.line_end()
+                else:
+                    skip(d, &pos, span.end, wire)
+            self.simple_line(name, name_len, "_sum", 4, total)
+            self.line_start(name, name_len, "_count", 6)
+            self.line_labels(NULL, 0, False)
+            put_uint(&self.fbuf, count)
+            self.line_end()
+        finally:
+            free(extra.data)
+        return 0
+
+    cdef int render_histogram(self, const char *name, Py_ssize_t name_len, Span span) except -1:
+        cdef const uint8_t *d = self.d
+        cdef Py_ssize_t pos = span.start
+        cdef Py_ssize_t bpos
+        cdef int field, wire, bfield, bwire
+        cdef uint64_t count = 0, bcount
+        cdef double count_f = 0.0, total = 0.0, ub, bcount_f
+        cdef bint has_inf = False
+        cdef Span sub
+        cdef Buf extra
+        extra.data = NULL
+        extra.len = 0
+        extra.cap = 0
+        try:
+            # Buckets are written first but _count/_sum come after them: read the scalars first.
+            while pos < span.end:
+                read_key(d, &pos, span.end, &field, &wire)
+                if field == 1:
+                    expect(wire, 0)
+                    read_varint(d, &pos, span.end, &count)
+                elif field == 4:
+                    expect(wire, 1)
+                    count_f = read_double(d, &pos, span.end)
+                elif field == 2:
+                    expect(wire, 1)
+                    total = read_double(d, &pos, span.end)
+                else:
+                    skip(d, &pos, span.end, wire)
+            pos = span.start
+            while pos < span.end:
+                read_key(d, &pos, span.end, &field, &wire)
+                if field != 3:
+                    skip(d, &pos, span.end, wire)
+                    continue
+                expect(wire, 2)
+                read_len(d, &pos, span.end, &sub)
+                bcount = 0
+                bcount_f = 0.0
+                ub = 0.0
+                bpos = sub.start
+                while bpos < sub.end:
+                    read_key(d, &bpos, sub.end, &bfield, &bwire)
+                    if bfield == 1:
+                        expect(bwire, 0)
+                        read_varint(d, &bpos, sub.end, &bcount)
+                    elif bfield == 4:
+                        expect(bwire, 1)
+                        bcount_f = read_double(d, &bpos, sub.end)
+                    elif bfield == 2:
+                        expect(bwire, 1)
+                        ub = read_double(d, &bpos, sub.end)
+                    else:
+                        skip(d, &bpos, sub.end, bwire)
+                if isinf(ub) and ub > 0:
+                    has_inf = True
+                extra.len = 0
+                put(&extra, 'le="', 4)
+                put_value(&extra, ub)
+                put(&extra, '"', 1)
+                self.line_start(name, name_len, "_bucket", 7)
+                self.line_labels(extra.data, extra.len, True)
+                put_count(&self.fbuf, bcount, bcount_f)
+                self.line_end()
+            if not has_inf:
+                self.line_start(name, name_len, "_bucket", 7)
+                self.line_labels('le="+Inf"', 9, True)
+                put_count(&self.fbuf, count, count_f)
+                self.line_end()
+            self.simple_line(name, name_len, "_sum", 4, total)
+            self.line_start(name, name_len, "_count", 6)
+            self.line_labels(NULL, 0, False)
+            put_count(&self.fbuf, count, count_f)
+            self.line_end()
+        finally:
+            free(extra.data)
+        return 0
+
+    cdef int check_labels(self, Py_ssize_t nlabels, str family) except -1:
+        cdef Py_ssize_t i, j
+        cdef const uint8_t *d = self.d
+        cdef Label *l
+        for i in range(nlabels):
+            l = &self.labels[i]
+            if l.name_len > self.max_len or not valid_name(d + l.name, l.name_len, False):
+                name = PyBytes_FromStringAndSize(<const char *>d + l.name, min(l.name_len, 64))
+                raise InvalidPayload(f"family {family} has an invalid label name {name!r}")
+            if not tm_valid_utf8(d + l.value, l.value_len):
+                raise InvalidPayload(f"a label of family {family} is not valid UTF-8")
+            if l.value_len > self.max_len:
+                raise InvalidPayload(f"a label of family {family} is longer than {self.max_len} bytes")
+            for j in range(i):
+                if same(<const char *>d + l.name, l.name_len,
+                        <const char *>d + self.labels[j].name, self.labels[j].name_len):
+                    raise InvalidPayload(f"a label appears twice in a metric of family {family}")
+        return 0
+
+    cdef dict label_dict(self, Py_ssize_t nlabels):
+        cdef Py_ssize_t i
+        cdef dict out = {}
+        for i in range(nlabels):
+            out[PyUnicode_DecodeASCII(<const char *>self.d + self.labels[i].name, self.labels[i].name_len, NULL)] = \
+                PyUnicode_DecodeUTF8(<const char *>self.d + self.labels[i].value, self.labels[i].value_len, NULL)
+        return out
+
+    cdef int metric(self, Span span, int kind, const char *name, Py_ssize_t name_len, str family,
+                    int decision, int64_t *last_ts) except -1:
+        cdef const uint8_t *d = self.d
+        cdef Py_ssize_t pos = span.start
+        cdef Py_ssize_t lpos, nlabels = 0, i, j
+        cdef int field, wire, lfield, lwire
+        cdef uint64_t raw_ts
+        cdef int64_t ts = 0
+        cdef bint has_ts = False, found
+        cdef Span sub
+        cdef Span values[8]
+        cdef bint has_value[8]
+        cdef Label *l
+        for i in range(8):
+            has_value[i] = False
+        while pos < span.end:
+            read_key(d, &pos, span.end, &field, &wire)
+            if field == 1:
+                expect(wire, 2)
+                read_len(d, &pos, span.end, &sub)
+                if nlabels < self.max_labels + 1:
+                    l = &self.labels[nlabels]
+                    l.name = sub.start
+                    l.name_len = 0
+                    l.value = sub.start
+                    l.value_len = 0
+                    lpos = sub.start
+                    while lpos < sub.end:
+                        read_key(d, &lpos, sub.end, &lfield, &lwire)
+                        if lfield == 1 or lfield == 2:
+                            expect(lwire, 2)
+                            read_len(d, &lpos, sub.end, &values[0])
+                            if lfield == 1:
+                                l.name = values[0].start
+                                l.name_len = values[0].end - values[0].start
+                            else:
+                                l.value = values[0].start
+                                l.value_len = values[0].end - values[0].start
+                        else:
+                            skip(d, &lpos, sub.end, lwire)
+                nlabels += 1
+            elif field == 6:
+                expect(wire, 0)
+                read_varint(d, &pos, span.end, &raw_ts)
+                ts = <int64_t>raw_ts
+                has_ts = True
+            elif field == 2 or field == 3 or field == 4 or field == 5 or field == 7:
+                expect(wire, 2)
+                read_len(d, &pos, span.end, &values[field])
+                has_value[field] = True
+            else:
+                skip(d, &pos, span.end, wire)
+        if nlabels > self.max_labels:
+            raise TooLarge(f"a metric of family {family} has more than {self.max_labels} labels")
+        self.check_labels(nlabels, family)
+        if not has_ts:
+            raise InvalidPayload(f"a metric of family {family} has no timestamp")
+        if ts < self.min_ts:
+            raise InvalidPayload(f"a metric of family {family} is older than the limit")
+        if last_ts[0] != <int64_t>NO_TS and ts < last_ts[0]:
+            raise InvalidPayload(f"metrics of family {family} are not in timestamp order")
+        last_ts[0] = ts
+        for j in range(self.ntokens):
+            found = False
+            for i in range(nlabels):
+                l = &self.labels[i]
+                if same(<const char *>d + l.name, l.name_len, self.tokens[j].name, self.tokens[j].name_len):
+                    found = same(<const char *>d + l.value, l.value_len, self.tokens[j].value, self.tokens[j].value_len)
+                    break
+            if not found:
+                key = PyBytes_FromStringAndSize(self.tokens[j].name, self.tokens[j].name_len).decode()
+                value = PyBytes_FromStringAndSize(self.tokens[j].value, self.tokens[j].value_len).decode()
+                raise InvalidPayload(f"a metric of family {family} lacks the label {key}={value}")
+        # The value field of the family's type: gauge 2, counter 3, summary 4, untyped 5, histogram 7.
+        if kind == COUNTER:
+            field = 3
+        elif kind == GAUGE:
+            field = 2
+        elif kind == SUMMARY:
+            field = 4
+        elif kind == UNTYPED:
+            field = 5
+        else:
+            field = 7
+        if not has_value[field]:
+            value_name = {2: "gauge", 3: "counter", 4: "summary", 5: "untyped", 7: "histogram"}[field]
+            raise InvalidPayload(f"a metric of family {family} has no {value_name} value")
+        if decision == DROP:
+            return 0
+        if decision == PER_SERIES and not self.whitelist.matches(family, self.label_dict(nlabels)):
+            return 0
+        self.kept += 1
+        if ts < self.now_ms:
+            self.past += 1
+        elif ts > self.now_ms:
+            self.future += 1
+        self.put_labels(nlabels)
+        if field == 4:
+            self.render_summary(name, name_len, values[4])
+        elif field == 7:
+            self.render_histogram(name, name_len, values[7])
+        else:
+            self.simple_line(name, name_len, "", 0, read_value_message(d, values[field]))
+        return 0
+
+
+def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms, object result_cls):
+    """Validate, filter, transform and render one upload; see telemeter.core.upload.process."""
+    cdef _Pass p = _Pass()
+    cdef const uint8_t *d = <const uint8_t *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0, fpos, count = 0
+    cdef Span msg, sub
+    cdef int field, wire, kind
+    cdef uint64_t raw
+    cdef Py_ssize_t nmetrics
+    cdef int64_t last_ts
+    cdef const char *name
+    cdef Py_ssize_t name_len
+    cdef list keep = []
+    p.d = d
+    p.whitelist = config.whitelist
+    p.max_series = config.max_series
+    p.max_labels = config.max_labels
+    p.max_len = config.max_label_length
+    p.now_ms = now_ms
+    p.min_ts = min_timestamp_ms
+    tokens = pairs_of(config.token_labels, keep)
+    extras = pairs_of(config.extra_labels, keep)
+    elide = pairs_of([(label, "") for label in config.elide_labels], keep)
+    p.tokens = to_pairs(tokens)
+    p.ntokens = len(tokens)
+    p.extras = to_pairs(extras)
+    p.nextras = len(extras)
+    p.elide = to_pairs(elide)
+    p.nelide = len(elide)
+    p.labels = <Label *>malloc((p.max_labels + 1) * sizeof(Label))
+    p.extra_used = <bint *>malloc((p.nextras + 1) * sizeof(bint))
+    if p.labels == NULL or p.extra_used == NULL:
+        raise MemoryError()
+    p.ts_len = snprintf(p.ts, 32, " %lld\n", <long long>now_ms)
+
+    # Count the families first, so too many of them is reported before anything else (413).
+    while pos < n:
+        read_len(d, &pos, n, &msg)
+        count += 1
+        if count > p.max_series:
+            raise TooLarge(f"more than {p.max_series} families in one upload")
+
+    out = {}
+    types = {}
+    pos = 0
+    while pos < n:
+        read_len(d, &pos, n, &msg)
+        # Fields may come in any order: read name and type first, then the metrics.
+        name = <const char *>d + msg.start
+        name_len = 0
+        kind = COUNTER
+        nmetrics = 0
+        fpos = msg.start
+        while fpos < msg.end:
+            read_key(d, &fpos, msg.end, &field, &wire)
+            if field == 1:
+                expect(wire, 2)
+                read_len(d, &fpos, msg.end, &sub)
+                name = <const char *>d + sub.start
+                name_len = sub.end - sub.start
+            elif field == 3:
+                expect(wire, 0)
+                read_varint(d, &fpos, msg.end, &raw)
+                if raw <= 5:  # an unknown enum value leaves the field unset, as in upb
+                    kind = <int>raw
+            elif field == 4:
+                expect(wire, 2)
+                read_len(d, &fpos, msg.end, &sub)
+                nmetrics += 1
+            else:
+                skip(d, &fpos, msg.end, wire)
+        if name_len > p.max_len or not valid_name(<const uint8_t *>name, name_len, True):
+            shown = PyBytes_FromStringAndSize(name, min(name_len, 64)).decode("utf-8", "replace")
+            raise InvalidPayload(f"invalid metric name {shown!r}")
+        if nmetrics == 0:
+            continue
+        family = PyUnicode_DecodeASCII(name, name_len, NULL)
+        if types.setdefault(family, kind) != kind:
+            raise InvalidPayload(f"family {family} appears twice with different types")
+        decision = p.whitelist.family_decision(family)
+        last_ts = <int64_t>NO_TS
+        p.fbuf.len = 0
+        fpos = msg.start
+        while fpos < msg.end:
+            read_key(d, &fpos, msg.end, &field, &wire)
+            if field == 4:
+                read_len(d, &fpos, msg.end, &sub)
+                p.received += 1
+                if p.received > p.max_series:
+                    raise TooLarge(f"more than {p.max_series} metrics in one upload")
+                p.metric(sub, kind, name, name_len, family, decision, &last_ts)
+            else:
+                skip(d, &fpos, msg.end, wire)
+        if p.fbuf.len:
+            block = PyBytes_FromStringAndSize(p.fbuf.data, p.fbuf.len)
+            if family in out:
+                out[family] = (kind, out[family][1] + block)
+            else:
+                out[family] = (kind, block)
+
+    result = result_cls()
+    result.families = [(name_, entry[0], entry[1]) for name_, entry in out.items()]
+    result.received = p.received
+    result.kept = p.kept
+    result.past = p.past
+    result.future = p.future
+    return result

@@ -1,0 +1,319 @@
+"""The two FastAPI apps of a server process: the external and the internal listener.
+
+External (untrusted, behind the load balancer): ``/authorize``, ``/upload``, health.
+Internal (the central Prometheus only): ``/federate``, ``/metrics``, health. Internal endpoints
+are not routed on the external app at all (PROTOCOL.md section 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from telemeter.core import snappy
+from telemeter.core.delimited import write_families
+from telemeter.core.errors import TooLarge
+from telemeter.core.exposition import TEXT_CONTENT_TYPE
+from telemeter.core.textparse import parse_text
+from telemeter.core.upload import process
+from telemeter.server import keys, snapshot
+from telemeter.server.authorizer import AuthorizationDenied, StubAuthorizer
+from telemeter.server.errors import HTTPProblem, install_handlers
+from telemeter.server.metrics import HTTPMetrics
+from telemeter.server.runtime import Runtime
+from telemeter.server.tokens import InvalidToken
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_TYPE = "application/vnd.google.protobuf"
+DELIMITED_CONTENT_TYPE = (
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+)
+AUTHORIZE_BODY_LIMIT = 4 * 1024
+MAX_SAMPLE_AGE_MS = 24 * 3600 * 1000
+UPLOAD_SLOT_WAIT_S = 1.0
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    kind, *params = (part.strip() for part in value.split(";"))
+    parsed = {}
+    for param in params:
+        key, _, val = param.partition("=")
+        parsed[key.strip().lower()] = val.strip().strip('"')
+    return kind.lower(), parsed
+
+
+def _check_upload_type(content_type: str) -> None:
+    kind, params = _media_type(content_type)
+    if (
+        kind != PROTOBUF_TYPE
+        or params.get("encoding") != "delimited"
+        or (
+            params.get("proto", "io.prometheus.client.MetricFamily")
+            != "io.prometheus.client.MetricFamily"
+        )
+    ):
+        raise HTTPProblem(
+            415,
+            f"unsupported content type {content_type[:100]!r}: expected {DELIMITED_CONTENT_TYPE}",
+        )
+
+
+async def _read_body(request: Request, *, limit: int, seconds: float) -> bytes:
+    """The request body, refusing it as soon as it grows past ``limit`` or takes too long."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"request body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise HTTPProblem(408, f"request body not received within {seconds:g}s") from exc
+    return b"".join(chunks)
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPProblem(401, "an Authorization: Bearer <token> header is required")
+    return token.strip()
+
+
+def _accepts_gzip(request: Request) -> bool:
+    for item in request.headers.get("accept-encoding", "").split(","):
+        coding, _, q = item.strip().partition(";")
+        if coding.strip().lower() == "gzip" and q.replace(" ", "") not in ("q=0", "q=0.0"):
+            return True
+    return False
+
+
+def _wants_protobuf(request: Request) -> bool:
+    first = request.headers.get("accept", "").split(",")[0]
+    kind, params = _media_type(first)
+    return kind == PROTOBUF_TYPE and params.get("encoding") == "delimited"
+
+
+def create_external_app(rt: Runtime) -> FastAPI:
+    """The external listener: token exchange, uploads, health."""
+    app = FastAPI(title="telemeter-server", docs_url=None, redoc_url=None, openapi_url=None)
+    install_handlers(app)
+    app.add_middleware(HTTPMetrics, metrics=rt.metrics)
+    s = rt.settings
+    m = rt.metrics
+
+    @app.get("/")
+    async def index() -> dict[str, list[str]]:
+        return {"paths": ["/", "/authorize", "/upload", "/healthz", "/healthz/ready"]}
+
+    _health_routes(app, rt)
+
+    @app.post("/authorize")
+    async def authorize(request: Request) -> Response:
+        cluster_id = request.query_params.get("id", "")
+        content_type = request.headers.get("content-type", "")
+        if not cluster_id and content_type.startswith("application/x-www-form-urlencoded"):
+            body = await _read_body(request, limit=AUTHORIZE_BODY_LIMIT, seconds=s.upload_timeout)
+            cluster_id = parse_qs(body.decode("utf-8", "replace")).get("id", [""])[0]
+        if not cluster_id:
+            raise HTTPProblem(400, "the cluster id is required (query or form field 'id')")
+        if not keys.valid_cluster_id(cluster_id):
+            raise HTTPProblem(400, "invalid cluster id: use letters, digits and ._:- (<= 128)")
+        token = _bearer(request)
+        account = await _authorize(rt, cluster_id, token)
+        labels = {s.partition_label: cluster_id}
+        jwt = rt.issuer.issue(account_id=account, labels=labels)
+        m.authorizations.labels("ok").inc()
+        return JSONResponse(
+            {
+                "version": 1,
+                "token": jwt,
+                "expiresInSeconds": s.token_expire_seconds,
+                "labels": labels,
+            }
+        )
+
+    @app.post("/upload")
+    async def upload(request: Request) -> Response:
+        try:
+            return await _upload(rt, request)
+        except Exception as exc:
+            m.rejects.labels(type(exc).__name__).inc()
+            raise
+
+    return app
+
+
+async def _authorize(rt: Runtime, cluster_id: str, token: str) -> str:
+    """The account of (cluster, token): from the cache in Redis, else from the authorizer."""
+    if isinstance(rt.authorizer, StubAuthorizer):  # no upstream: nothing to cache or throttle
+        return await rt.authorizer.authorize(cluster_id=cluster_id, token=token)
+    if await rt.store.auth_failures(cluster_id) >= rt.settings.auth_failure_limit:
+        rt.metrics.authorizations.labels("throttled").inc()
+        raise HTTPProblem(
+            429,
+            "too many failed token exchanges for this cluster",
+            retry_after=keys.AUTH_FAILURE_WINDOW_S,
+        )
+    cached = await rt.store.cached_account(cluster_id, token)
+    if cached is not None:
+        return cached
+    try:
+        account = await rt.authorizer.authorize(cluster_id=cluster_id, token=token)
+    except AuthorizationDenied:
+        rt.metrics.authorizations.labels("denied").inc()
+        await rt.store.count_auth_failure(cluster_id)
+        raise
+    await rt.store.cache_account(
+        cluster_id, token, account, ttl_s=int(rt.settings.authorize_cache_ttl)
+    )
+    return account
+
+
+async def _upload(rt: Runtime, request: Request) -> Response:
+    s = rt.settings
+    try:
+        claims = rt.verifier.verify(_bearer(request))
+    except HTTPProblem as exc:
+        raise InvalidToken(exc.reason) from exc
+    token_labels = dict(claims.labels)
+    cluster_id = token_labels.get(s.partition_label, "")
+    if not keys.valid_cluster_id(cluster_id):
+        raise InvalidToken(f"the token carries no valid {s.partition_label} label")
+    _check_upload_type(request.headers.get("content-type", ""))
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("snappy", "identity", ""):
+        raise HTTPProblem(415, f"unsupported content encoding {encoding[:40]!r}: expected snappy")
+    wait = rt.limited_for(cluster_id)
+    if wait > 0:
+        raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait))
+    try:
+        await asyncio.wait_for(rt.upload_slots.acquire(), UPLOAD_SLOT_WAIT_S)
+    except TimeoutError as exc:
+        raise HTTPProblem(503, "too many uploads in progress", retry_after=1) from exc
+    try:
+        body = await _read_body(request, limit=s.limit_bytes, seconds=s.upload_timeout)
+        if encoding == "snappy":
+            data = snappy.decode_framed(body, max_size=s.uncompressed_limit)
+        elif len(body) > s.uncompressed_limit:
+            raise TooLarge(f"request body larger than {s.uncompressed_limit} bytes")
+        else:
+            data = body
+        now_ms = int(time.time()) * 1000  # the Go server stamps whole seconds
+        result = process(
+            data,
+            rt.pass_config(token_labels),
+            now_ms=now_ms,
+            min_timestamp_ms=now_ms - MAX_SAMPLE_AGE_MS,
+        )
+        families = [*result.families]
+        families.append(
+            (
+                snapshot.PUSH_TIME_FAMILY,
+                1,
+                snapshot.push_time_lines(s.partition_label, cluster_id, now_ms),
+            )
+        )
+        value = snapshot.encode(now_ms, result.kept + 1, families)
+        wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
+    finally:
+        rt.upload_slots.release()
+    if wait_ms > 0:
+        rt.remember_limit(cluster_id, wait_ms / 1000)
+        raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait_ms / 1000))
+    rt.remember_limit(cluster_id, s.ratelimit)
+    m = rt.metrics
+    m.uploads.inc()
+    m.series.inc(result.kept)
+    m.overwritten.labels("past").inc(result.past)
+    m.overwritten.labels("future").inc(result.future)
+    return Response(status_code=200)
+
+
+def _health_routes(app: FastAPI, rt: Runtime) -> None:
+    @app.get("/healthz")
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    @app.get("/healthz/ready")
+    async def ready() -> PlainTextResponse:
+        if await rt.ready():
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("not ready: redis unreachable\n", status_code=503)
+
+
+def create_internal_app(rt: Runtime) -> FastAPI:
+    """The internal listener: ``/federate`` for the central Prometheus, self-metrics, health."""
+    app = FastAPI(
+        title="telemeter-server internal", docs_url=None, redoc_url=None, openapi_url=None
+    )
+    install_handlers(app)
+    app.add_middleware(HTTPMetrics, metrics=rt.metrics)
+
+    @app.get("/")
+    async def index() -> dict[str, list[str]]:
+        return {"paths": ["/", "/federate", "/metrics", "/healthz", "/healthz/ready"]}
+
+    _health_routes(app, rt)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/federate")
+    async def federate(request: Request) -> Response:
+        merged = await _merged(rt)
+        if _wants_protobuf(request):
+            text = b"".join(snapshot.write_plain(merged))
+            return Response(write_families(parse_text(text)), media_type=DELIMITED_CONTENT_TYPE)
+        if _accepts_gzip(request):
+            return StreamingResponse(
+                _stream(snapshot.write_gzip(merged)),
+                media_type=TEXT_CONTENT_TYPE,
+                headers={"Content-Encoding": "gzip"},
+            )
+        return StreamingResponse(
+            _stream(snapshot.write_plain(merged)), media_type=TEXT_CONTENT_TYPE
+        )
+
+    return app
+
+
+async def _stream(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _merged(rt: Runtime) -> snapshot.Merged:
+    now_ms = int(time.time() * 1000)
+    values = await rt.store.load_snapshots(range(keys.RANGES), now_ms=now_ms)
+    oldest = now_ms - int(rt.settings.ttl * 1000)
+    snaps: list[snapshot.Snapshot] = []
+    for value in values:
+        try:
+            snap = snapshot.decode(value)
+        except snapshot.CorruptSnapshot as exc:
+            rt.metrics.corrupt.inc()
+            log.warning("skipping a corrupt snapshot error=%s", exc)
+            continue
+        if snap.push_time_ms >= oldest:  # never serve older than --ttl, whatever the key's TTL
+            snaps.append(snap)
+    merged = snapshot.merge(snaps)
+    m = rt.metrics
+    m.partitions.set(merged.clusters)
+    m.federated_series.set(merged.series)
+    m.federate_conflicts.inc(merged.conflicts)
+    return merged

@@ -1,0 +1,72 @@
+"""Every Redis key name, hash tag and TTL default of the server, built in one place.
+
+All keys of cluster ``X`` carry the hash tag ``{X}`` so they live in one slot and can be
+written by one Lua script (ARCHITECTURE.md decision 2). The cluster index is sharded into
+``RANGES`` keys, one per range of ``SLOTS_PER_RANGE`` hash slots, so that a pod serving some
+ranges reads only their index keys (the ring, decision 5, hands out the same ranges).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from redis.crc import key_slot
+
+SLOTS = 16384
+RANGES = 256
+SLOTS_PER_RANGE = SLOTS // RANGES
+PREFIX = "telemeter"
+
+# Cluster IDs become hash tags and label values: a safe character set keeps `{`/`}` out.
+CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+# Index entries whose snapshot is gone are pruned only after this long, so an upload whose
+# index entry is written just before its snapshot is never pruned in between.
+INDEX_PRUNE_GRACE_MS = 60_000
+# A burst of failed token exchanges for one cluster is throttled for this long.
+AUTH_FAILURE_WINDOW_S = 60
+
+
+def valid_cluster_id(cluster_id: str) -> bool:
+    """Whether a cluster ID is in the safe character set (letters, digits, ``._:-``, <= 128)."""
+    return CLUSTER_ID.fullmatch(cluster_id) is not None
+
+
+def snapshot_key(cluster_id: str) -> str:
+    """The cluster's latest rendered snapshot (a string, expiring after ``--ttl``)."""
+    return f"{PREFIX}:{{{cluster_id}}}:snapshot"
+
+
+def ratelimit_key(cluster_id: str) -> str:
+    """Present while the cluster may not upload again (expires after ``--ratelimit``)."""
+    return f"{PREFIX}:{{{cluster_id}}}:ratelimit"
+
+
+def auth_key(cluster_id: str, token: str) -> str:
+    """A cached positive answer of the upstream authorizer for (cluster, token).
+
+    Only a hash of the long-lived token is stored, never the token itself.
+    """
+    digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+    return f"{PREFIX}:{{{cluster_id}}}:auth:{digest}"
+
+
+def auth_failures_key(cluster_id: str) -> str:
+    """Count of rejected token exchanges of the cluster in the current window."""
+    return f"{PREFIX}:{{{cluster_id}}}:authfail"
+
+
+def range_of_slot(slot: int) -> int:
+    """The ring range a hash slot belongs to."""
+    return slot // SLOTS_PER_RANGE
+
+
+def cluster_range(cluster_id: str) -> int:
+    """The ring range of a cluster: the range of the hash slot of its ``{cluster-id}`` tag."""
+    return range_of_slot(key_slot(snapshot_key(cluster_id).encode()))
+
+
+def index_key(range_id: int) -> str:
+    """The sorted set of cluster IDs stored in one range (score: last write, ms)."""
+    return f"{PREFIX}:index:{{{PREFIX}-index-{range_id}}}"

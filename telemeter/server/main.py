@@ -1,0 +1,107 @@
+"""`telemeter-server`: one process, one event loop, two listeners (ARCHITECTURE.md decision 10)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from telemeter.core.delimited import check_upb
+from telemeter.server.app import create_external_app, create_internal_app
+from telemeter.server.runtime import Runtime
+from telemeter.server.settings import ServerSettings, parse_settings
+from telemeter.tools.authorization_server import parse_listen_address
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to `serve` (two servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(app: object, address: str, crt: Path | None, key: Path | None) -> uvicorn.Config:
+    host, port = parse_listen_address(address)
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        ssl_certfile=crt,
+        ssl_keyfile=key,
+    )
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run both listeners until SIGTERM or SIGINT, then shut down cleanly."""
+    check_upb()  # the fast upb protobuf backend is required (the reference pass uses it)
+    async with Runtime(settings) as rt:
+        servers = [
+            _Server(
+                _config(
+                    create_external_app(rt), settings.listen, settings.tls_crt, settings.tls_key
+                )
+            ),
+            _Server(
+                _config(
+                    create_internal_app(rt),
+                    settings.listen_internal,
+                    settings.internal_tls_crt,
+                    settings.internal_tls_key,
+                )
+            ),
+        ]
+
+        def stop(signum: int) -> None:
+            log.info("shutting down signal=%s", signal.Signals(signum).name)
+            for server in servers:
+                server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+        log.info(
+            "telemeter-server started name=%s listen=%s listen_internal=%s",
+            settings.name, settings.listen, settings.listen_internal,
+        )  # fmt: skip
+        await asyncio.gather(*(server.serve() for server in servers))
+        if not all(server.started for server in servers):
+            raise SystemExit("a listener could not start (is its address in use?)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of `telemeter-server`."""
+    settings = parse_settings(argv)
+    level = logging.DEBUG if settings.verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is an optional speed-up (installed with uvicorn[standard])
+        pass
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

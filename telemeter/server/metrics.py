@@ -1,0 +1,98 @@
+"""The server's self-metrics, in one registry per process (ARCHITECTURE.md decision 10).
+
+Names follow the Go telemeter-server where the meaning is the same (PROTOCOL.md section 5).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ServerMetrics:
+    """Every self-metric of a server process."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests.", ["code", "handler", "method"], registry=r
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds", "HTTP request latency.", ["handler"], registry=r
+        )
+        self.uploads = Counter(
+            "telemeter_uploads_total", "Uploads accepted and stored.", registry=r
+        )
+        self.rejects = Counter(
+            "telemeter_upload_rejects_total", "Uploads refused, by reason.", ["reason"], registry=r
+        )
+        self.series = Counter(
+            "telemeter_upload_series_total", "Series stored by accepted uploads.", registry=r
+        )
+        self.overwritten = Counter(
+            "telemeter_overwritten_timestamps_total",
+            "Sample timestamps replaced by the receive time, by tense.",
+            ["tense"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "telemeter_partitions", "Clusters served by the last /federate.", registry=r
+        )
+        self.federated_series = Gauge(
+            "telemeter_federate_series", "Series served by the last /federate.", registry=r
+        )
+        self.federate_conflicts = Counter(
+            "telemeter_federate_type_conflicts_total",
+            "Family blocks left out of /federate because clusters disagree on the type.",
+            registry=r,
+        )
+        self.corrupt = Counter(
+            "telemeter_corrupt_snapshots_total", "Stored values that are not snapshots.", registry=r
+        )
+        self.redis = Histogram(
+            "telemeter_redis_duration_seconds", "Redis operation latency.", ["op"], registry=r
+        )
+        self.authorizations = Counter(
+            "telemeter_authorizations_total",
+            "Token exchanges, by result.",
+            ["result"],
+            registry=r,
+        )
+
+
+class HTTPMetrics:
+    """ASGI middleware counting requests per route template (not per raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            handler = getattr(route, "path", "other")
+            self.metrics.requests.labels(str(status), handler, scope["method"].lower()).inc()
+            self.metrics.duration.labels(handler).observe(time.perf_counter() - start)

@@ -1,0 +1,212 @@
+"""Redis Cluster access: snapshots, the rate limit, the cluster index and cached authorizations.
+
+This is the only module that talks to Redis. Every redis-py exception is translated here, once,
+into `StoreUnavailable`, which the server answers with 503 and ``Retry-After`` (ARCHITECTURE.md
+decision 9). The connection is made lazily and re-made after a failure, so a server started
+before Redis becomes ready by itself when Redis appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from prometheus_client import Histogram
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from telemeter.core.errors import TelemeterError
+from telemeter.server import keys
+
+log = logging.getLogger(__name__)
+
+# One script per upload: the rate limit is checked and consumed, and the snapshot replaced,
+# atomically in the cluster's slot (decisions 2, 3 and 8). Returns 0, or the milliseconds to
+# wait when the cluster uploaded less than --ratelimit ago (nothing is written then).
+SAVE_SNAPSHOT = """
+local wait = redis.call('PTTL', KEYS[2])
+if wait > 0 then return wait end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return 0
+"""
+
+COUNT_FAILURE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
+class StoreUnavailable(TelemeterError):
+    """Redis could not be reached or answered with an error: retry later (503)."""
+
+
+class Store:
+    """The server's view of Redis Cluster."""
+
+    def __init__(
+        self,
+        *,
+        nodes: list[tuple[str, int]],
+        password: str | None,
+        ttl_ms: int,
+        ratelimit_ms: int,
+        latency: Histogram,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self._nodes = nodes
+        self._password = password
+        self.ttl_ms = ttl_ms
+        self.ratelimit_ms = ratelimit_ms
+        self._latency = latency
+        self._timeout_s = timeout_s
+        self._client: RedisCluster | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> RedisCluster:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                client = RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
+                    password=self._password,
+                    socket_connect_timeout=self._timeout_s,
+                    socket_timeout=self._timeout_s,
+                    # Bounded: an upload waits a few seconds at most, then gets 503.
+                    retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+                    cluster_error_retry_attempts=2,
+                )
+                try:
+                    await client.initialize()
+                except (RedisError, OSError) as exc:
+                    await _close_quietly(client)
+                    raise StoreUnavailable(f"redis cluster unreachable: {exc}") from exc
+                self._client = client
+            return self._client
+
+    @asynccontextmanager
+    async def _call(self, op: str) -> AsyncIterator[RedisCluster]:
+        """Time one operation and translate redis-py's errors (the one place this happens)."""
+        client = await self._connect()
+        start = time.perf_counter()
+        try:
+            yield client
+        except (RedisError, OSError) as exc:
+            log.warning("redis operation failed op=%s error=%r", op, exc)
+            raise StoreUnavailable(f"redis {op} failed") from exc
+        finally:
+            self._latency.labels(op).observe(time.perf_counter() - start)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await _close_quietly(client)
+
+    async def ping(self) -> bool:
+        """Whether every primary answers (the readiness of the server)."""
+        try:
+            async with self._call("ping") as client:
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def save_snapshot(self, cluster_id: str, value: bytes, *, now_ms: int) -> int:
+        """Replace the cluster's snapshot unless it is rate limited; returns 0 or the ms to wait.
+
+        The index entry is written first: an entry without a snapshot is harmless (skipped and
+        later pruned), a snapshot without an entry would be invisible.
+        """
+        async with self._call("save") as client:
+            await client.zadd(keys.index_key(keys.cluster_range(cluster_id)), {cluster_id: now_ms})
+            wait = await client.eval(
+                SAVE_SNAPSHOT,
+                2,
+                keys.snapshot_key(cluster_id),
+                keys.ratelimit_key(cluster_id),
+                value,
+                self.ttl_ms,
+                self.ratelimit_ms,
+            )
+        return int(wait)
+
+    async def load_snapshots(self, ranges: Iterable[int], *, now_ms: int) -> list[bytes]:
+        """Every stored snapshot of the clusters in the given ring ranges."""
+        ranges = list(ranges)
+        async with self._call("index") as client:
+            pipe = client.pipeline(transaction=False)
+            for range_id in ranges:
+                pipe.zrange(keys.index_key(range_id), 0, -1, withscores=True)
+            indexes: list[list[tuple[bytes, float]]] = await pipe.execute()
+        entries = [
+            (r, member.decode(), score)
+            for r, idx in zip(ranges, indexes, strict=True)
+            for member, score in idx
+        ]
+        if not entries:
+            return []
+        async with self._call("load") as client:
+            pipe = client.pipeline(transaction=False)
+            for _, cluster_id, _ in entries:
+                pipe.get(keys.snapshot_key(cluster_id))
+            values: list[bytes | None] = await pipe.execute()
+        stale = [
+            (r, cid)
+            for (r, cid, score), value in zip(entries, values, strict=True)
+            if value is None and score < now_ms - keys.INDEX_PRUNE_GRACE_MS
+        ]
+        if stale:
+            await self._prune(stale)
+        return [v for v in values if v is not None]
+
+    async def _prune(self, stale: list[tuple[int, str]]) -> None:
+        async with self._call("prune") as client:
+            pipe = client.pipeline(transaction=False)
+            for range_id, cluster_id in stale:
+                pipe.zrem(keys.index_key(range_id), cluster_id)
+            await pipe.execute()
+        log.info("pruned expired clusters from the index count=%d", len(stale))
+
+    async def cached_account(self, cluster_id: str, token: str) -> str | None:
+        """The account ID cached for (cluster, token) by an earlier successful authorization."""
+        async with self._call("auth_get") as client:
+            value = await client.get(keys.auth_key(cluster_id, token))
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def cache_account(self, cluster_id: str, token: str, account: str, *, ttl_s: int) -> None:
+        """Remember a positive authorization for ``ttl_s`` seconds."""
+        if ttl_s <= 0:
+            return
+        async with self._call("auth_set") as client:
+            await client.set(keys.auth_key(cluster_id, token), account, ex=ttl_s)
+
+    async def count_auth_failure(self, cluster_id: str) -> int:
+        """Count a rejected token exchange of the cluster; returns the count in this window."""
+        async with self._call("auth_fail") as client:
+            n = await client.eval(
+                COUNT_FAILURE, 1, keys.auth_failures_key(cluster_id), keys.AUTH_FAILURE_WINDOW_S
+            )
+        return int(n)
+
+    async def auth_failures(self, cluster_id: str) -> int:
+        """Rejected token exchanges of the cluster in the current window."""
+        async with self._call("auth_fail") as client:
+            value = await client.get(keys.auth_failures_key(cluster_id))
+        return 0 if value is None else int(value)
+
+
+async def _close_quietly(client: RedisCluster) -> None:
+    try:
+        await client.aclose()
+    except (RedisError, OSError) as exc:  # closing a broken client must not hide the first error
+        log.debug("closing redis client failed error=%r", exc)
