@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from telemeter.tools.redis_cluster import LocalRedisCluster, parse_redis_url
+from telemeter.tools.stack import ServerHandle, start_server, write_signing_key
 
 REDIS_URL_ENV = "TELEMETER_TEST_REDIS_URL"
 
@@ -66,3 +69,27 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
             password=cluster.password,
             local=cluster,
         )
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared EC P-256 ``--shared-key`` for every server a test session starts."""
+    return write_signing_key(tmp_path_factory.mktemp("keys") / "signing.pem")
+
+
+@pytest.fixture
+def start_servers(
+    redis_cluster: RedisClusterHandle, signing_key: Path, tmp_path: Path
+) -> Iterator[Callable[..., ServerHandle]]:
+    """Start real `telemeter-server` processes on the shared cluster; all stopped at teardown."""
+    started: list[ServerHandle] = []
+
+    def start(name: str = "s1", **kwargs: Any) -> ServerHandle:
+        kwargs.setdefault("redis_url", redis_cluster.url)
+        handle = start_server(workdir=tmp_path, name=name, shared_key=signing_key, **kwargs)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.process.stop()

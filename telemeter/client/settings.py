@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federate a Prometheus via push: read /federate, clean, anonymize, upload.",
     )
     add = parser.add_argument
-    add("--listen", default=DEFAULT_LISTEN, help="host:port for health, metrics and reload ('' off)")
-    add("--from", dest="from_", default="", help="the Prometheus server to federate from")
+    add(
+        "--listen", default=DEFAULT_LISTEN, help="host:port for health, metrics and reload ('' off)"
+    )
+    add("--from", dest="from_", metavar="FROM", default="", help="the Prometheus to federate from")
     add("--from-token", default="", help="bearer token for the source Prometheus")
     add("--from-token-file", default="", help="file holding the bearer token for --from")
     add("--from-ca-file", default="", help="CA bundle for --from, besides the system roots")
@@ -113,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--match", action="append", default=None, help="a series selector to federate (repeat)")
     add("--match-file", default="", help="file of match rules, one per line")
     add("--label", action="append", default=[], help="key=value labels to add (comma lists)")
-    add("--rename", action="append", default=[], help="OLD=NEW family renames (default ALERTS=alerts)")
+    add(
+        "--rename",
+        action="append",
+        default=[],
+        help="OLD=NEW family renames (default ALERTS=alerts)",
+    )
     add("--anonymize-labels", action="append", default=[], help="labels whose values are hashed")
     add("--anonymize-salt", default="", help="secret salt of the anonymization hash")
     add("--anonymize-salt-file", default="", help="file holding the anonymization salt")
@@ -138,7 +145,9 @@ def settings_from_args(args: argparse.Namespace) -> ClientSettings:
     )
     _one_of("--from-token", args.from_token, "--from-token-file", args.from_token_file)
     _one_of("--to-token", args.to_token, "--to-token-file", args.to_token_file)
-    _one_of("--anonymize-salt", args.anonymize_salt, "--anonymize-salt-file", args.anonymize_salt_file)
+    _one_of(
+        "--anonymize-salt", args.anonymize_salt, "--anonymize-salt-file", args.anonymize_salt_file
+    )
     if not args.to_token and not args.to_token_file:
         raise ConfigError("--to-token or --to-token-file is required (exchanged at /authorize)")
     anonymize_labels = tuple(_split_slice(args.anonymize_labels))
@@ -149,7 +158,9 @@ def settings_from_args(args: argparse.Namespace) -> ClientSettings:
         )
     try:
         labels = parse_label_pairs(_split_slice(args.label))
-        renames = parse_renames([r for r in _split_slice(args.rename) if r]) or dict(DEFAULT_RENAMES)
+        renames = parse_renames([r for r in _split_slice(args.rename) if r]) or dict(
+            DEFAULT_RENAMES
+        )
         interval = parse_duration(args.interval)
         limit_bytes = int(args.limit_bytes)
     except ValueError as exc:
@@ -216,7 +227,9 @@ def load_runtime(settings: ClientSettings) -> Runtime:
         try:
             verify.load_verify_locations(cafile=str(settings.from_ca_file))
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot read --from-ca-file {settings.from_ca_file}: {exc}") from None
+            raise ConfigError(
+                f"cannot read --from-ca-file {settings.from_ca_file}: {exc}"
+            ) from None
     return Runtime(
         rules=tuple(rules), from_verify=verify, from_token=from_token, to_token=to_token, salt=salt
     )
@@ -255,7 +268,7 @@ def _to_urls(*, to: str, to_auth: str, to_upload: str, cluster_id: str) -> tuple
                     "--id is required with --to (the server's /authorize needs the cluster id); "
                     "or give --to-auth with the id in its query"
                 )
-            query = parse_qsl(parts.query, keep_blank_values=True) + [("id", cluster_id)]
+            query = [*parse_qsl(parts.query, keep_blank_values=True), ("id", cluster_id)]
             query.sort(key=lambda pair: pair[0])
             authorize = urlunsplit(
                 parts._replace(path=_join(base_path, "authorize"), query=urlencode(query))
@@ -277,7 +290,6 @@ def _parse_url(flag: str, text: str) -> SplitResult:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{flag} is not a valid http(s) URL: {text!r}")
     return parts
-
 
 
 def _one_of(flag: str, value: str, file_flag: str, file_value: str) -> None:

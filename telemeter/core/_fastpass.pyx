@@ -11,7 +11,7 @@ type is rejected (upb would keep it as an unknown field), and a value sub-messag
 taken from its last occurrence instead of being merged.
 """
 
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -61,6 +61,35 @@ cdef extern from *:
         return n;
     }
 
+    /* CRC-32 of a concatenation from the CRCs of its parts (zlib's crc32_combine, 1.2.12+):
+       lets /federate answer one gzip member made of stored deflate segments. */
+    #define TM_POLY 0xedb88320u
+    static uint32_t tm_multmodp(uint32_t a, uint32_t b) {
+        uint32_t m = (uint32_t)1 << 31, p = 0;
+        for (;;) {
+            if (a & m) { p ^= b; if ((a & (m - 1)) == 0) break; }
+            m >>= 1;
+            b = b & 1 ? (b >> 1) ^ TM_POLY : b >> 1;
+        }
+        return p;
+    }
+    static uint32_t tm_x2n[32];
+    static void tm_crc_init(void) {
+        uint32_t p = (uint32_t)1 << 30;
+        tm_x2n[0] = p;
+        for (int n = 1; n < 32; n++) tm_x2n[n] = p = tm_multmodp(p, p);
+    }
+    static uint32_t tm_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2) {
+        uint32_t p = (uint32_t)1 << 31;
+        unsigned k = 3;
+        while (len2) {
+            if (len2 & 1) p = tm_multmodp(tm_x2n[k & 31], p);
+            len2 >>= 1;
+            k++;
+        }
+        return tm_multmodp(p, crc1) ^ crc2;
+    }
+
     /* Strict UTF-8 validation (no overlongs, no surrogates, at most U+10FFFF). */
     static int tm_valid_utf8(const unsigned char *s, Py_ssize_t n) {
         Py_ssize_t i = 0;
@@ -90,11 +119,32 @@ cdef extern from *:
     """
     int tm_format_double(double v, char *out) except -1
     int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
+    void tm_crc_init()
+    uint32_t tm_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
     double fabs(double)
     int isnan(double)
     int isinf(double)
     int signbit(double)
     int snprintf(char *, size_t, const char *, ...)
+
+tm_crc_init()
+
+
+def crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2):
+    """The CRC-32 of A+B from crc32(A), crc32(B) and len(B), as zlib's crc32_combine."""
+    return tm_crc32_combine(crc1, crc2, len2)
+
+
+def crc32_concat(list parts):
+    """CRC-32 and total length of the concatenation of parts given as (crc, length) pairs."""
+    cdef uint32_t crc = 0
+    cdef uint64_t total = 0, n
+    for part_crc, part_len in parts:
+        n = part_len
+        crc = tm_crc32_combine(crc, part_crc, n)
+        total += n
+    return crc, total
+
 
 DEF COUNTER = 0
 DEF GAUGE = 1

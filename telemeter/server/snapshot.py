@@ -1,36 +1,45 @@
 """The stored form of a cluster's snapshot, and merging snapshots into one `/federate` answer.
 
-A snapshot is rendered once, at upload, and served many times (ARCHITECTURE.md decision 4):
-each family's sample lines (with ``_id`` and the server timestamp in place) are kept as one gzip
-member. Concatenated gzip members are one valid gzip stream, so a gzip `/federate` answer is a
-concatenation of stored blocks, grouped per family under a single ``# TYPE`` line; a plain answer
-inflates the same blocks.
+A snapshot is rendered once, at upload, and served many times (ARCHITECTURE.md decision 4). Each
+family's sample lines (with ``_id`` and the server timestamp in place) are kept as one raw deflate
+*segment*: the cluster's families are compressed by one deflate stream with a full flush after
+each, so every segment is byte-aligned, ends with an empty stored block and refers to no earlier
+data. Segments from any clusters, in any order, followed by a final empty block, form one valid
+deflate stream. So a gzip `/federate` answer is a 10-byte header, the stored segments grouped per
+family under one ``# TYPE`` line each, and a trailer whose CRC-32 is combined from the CRCs kept
+with the segments: one gzip member (which every client reads, unlike concatenated members), with
+no compression work per scrape. A plain answer inflates the same segments.
 
-Layout of the stored value (all integers big-endian)::
+Layout of the stored value (integers big-endian)::
 
-    b"TM1" | push time ms (u64) | series (u32) | family count (u16) |
-    per family: type (u8) | name length (u16) | name | block length (u32) | block
+    b"TM2" | push time ms (u64) | series (u32) | family count (u16) |
+    per family: type (u8) | name length (u16) | name |
+                segment length (u32) | CRC-32 of the text (u32) | text length (u32) | segment
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from isal import isal_zlib
 
 from telemeter.core import metrics_pb2
+from telemeter.core._fastpass import crc32_concat  # type: ignore[attr-defined]
 from telemeter.core.errors import TelemeterError
 from telemeter.core.exposition import TYPE_NAMES, escape_label_value, format_value
 
-MAGIC = b"TM1"
+MAGIC = b"TM2"
 _HEAD = struct.Struct(">3sQIH")
 _FAMILY = struct.Struct(">BH")
-_SIZE = struct.Struct(">I")
-GZIP_WBITS = 31
-# ISA-L level 1: about 20x less CPU than zlib's default for a few percent more bytes.
-GZIP_LEVEL = 1
+_SEGMENT = struct.Struct(">III")
+# ISA-L level 1: several times less CPU than zlib's level 1 for about the same size.
+DEFLATE_LEVEL = 1
+RAW_DEFLATE = -15
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
+FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed Huffman codes
 PUSH_TIME_FAMILY = "telemeter_push_time_seconds"
 # Sample lines of these types have one shape (`name{...} value ts`), so they can share a family
 # under `untyped` when clusters disagree on the type.
@@ -42,12 +51,21 @@ class CorruptSnapshot(TelemeterError):
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """A family's text as a self-contained raw deflate segment, with the text's CRC and length."""
+
+    data: bytes
+    crc: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Family:
-    """One family of a snapshot: its name, type and gzip block."""
+    """One family of a snapshot."""
 
     name: str
     kind: int
-    block: bytes
+    segment: Segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +77,21 @@ class Snapshot:
     families: list[Family]
 
 
-def compress(text: bytes) -> bytes:
-    """One gzip member of ``text``."""
-    return isal_zlib.compress(text, GZIP_LEVEL, wbits=GZIP_WBITS)
+class Compressor:
+    """Cuts texts into independent deflate segments (one stream, a full flush after each)."""
+
+    def __init__(self) -> None:
+        self._stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
+
+    def segment(self, text: bytes) -> Segment:
+        """The segment of ``text``."""
+        data = self._stream.compress(text) + self._stream.flush(isal_zlib.Z_FULL_FLUSH)
+        return Segment(data, zlib.crc32(text), len(text))
+
+
+def inflate(segment: Segment) -> bytes:
+    """The text of a segment."""
+    return isal_zlib.decompress(segment.data + FINAL_BLOCK, wbits=RAW_DEFLATE)
 
 
 def push_time_lines(partition_label: str, cluster_id: str, now_ms: int) -> bytes:
@@ -73,11 +103,17 @@ def push_time_lines(partition_label: str, cluster_id: str, now_ms: int) -> bytes
 def encode(push_time_ms: int, series: int, families: Iterable[tuple[str, int, bytes]]) -> bytes:
     """Build a stored snapshot from (name, type, sample lines) tuples, compressing each."""
     items = list(families)
+    compressor = Compressor()
     parts = [_HEAD.pack(MAGIC, push_time_ms, series, len(items))]
     for name, kind, lines in items:
         raw = name.encode()
-        block = compress(lines)
-        parts += [_FAMILY.pack(kind, len(raw)), raw, _SIZE.pack(len(block)), block]
+        seg = compressor.segment(lines)
+        parts += [
+            _FAMILY.pack(kind, len(raw)),
+            raw,
+            _SEGMENT.pack(len(seg.data), seg.crc, seg.size),
+        ]
+        parts.append(seg.data)
     return b"".join(parts)
 
 
@@ -94,12 +130,12 @@ def decode(value: bytes) -> Snapshot:
             pos += _FAMILY.size
             name = value[pos : pos + name_len].decode()
             pos += name_len
-            (block_len,) = _SIZE.unpack_from(value, pos)
-            pos += _SIZE.size
-            if pos + block_len > len(value):
-                raise CorruptSnapshot("truncated family block")
-            out.append(Family(name, kind, value[pos : pos + block_len]))
-            pos += block_len
+            seg_len, crc, size = _SEGMENT.unpack_from(value, pos)
+            pos += _SEGMENT.size
+            if pos + seg_len > len(value):
+                raise CorruptSnapshot("truncated family segment")
+            out.append(Family(name, kind, Segment(value[pos : pos + seg_len], crc, size)))
+            pos += seg_len
     except (struct.error, UnicodeDecodeError) as exc:
         raise CorruptSnapshot(str(exc)) from exc
     if pos != len(value):
@@ -111,7 +147,7 @@ def decode(value: bytes) -> Snapshot:
 class Merged:
     """Snapshots grouped per family, ready to be written as one exposition."""
 
-    families: dict[str, tuple[int, list[bytes]]] = field(default_factory=dict)
+    families: dict[str, tuple[int, list[Segment]]] = field(default_factory=dict)
     clusters: int = 0
     series: int = 0
     conflicts: int = 0
@@ -121,7 +157,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Merged:
     """Group the families of many clusters by name, so each name is written once.
 
     When clusters disagree on a family's type: counters, gauges and untyped families are served
-    together as ``untyped``; otherwise the blocks whose type differs from the first one seen are
+    together as ``untyped``; otherwise the segments whose type differs from the first one seen are
     left out and counted in ``conflicts`` (the text would not be valid with both).
     """
     merged = Merged()
@@ -131,43 +167,49 @@ def merge(snapshots: Iterable[Snapshot]) -> Merged:
         for fam in snap.families:
             entry = merged.families.get(fam.name)
             if entry is None:
-                merged.families[fam.name] = (fam.kind, [fam.block])
+                merged.families[fam.name] = (fam.kind, [fam.segment])
             elif entry[0] == fam.kind:
-                entry[1].append(fam.block)
+                entry[1].append(fam.segment)
             elif entry[0] in _SIMPLE and fam.kind in _SIMPLE:
                 merged.families[fam.name] = (metrics_pb2.UNTYPED, entry[1])
-                entry[1].append(fam.block)
+                entry[1].append(fam.segment)
             else:
                 merged.conflicts += 1
     return merged
-
-
-_TYPE_MEMBERS: dict[tuple[str, int], bytes] = {}
 
 
 def _type_line(name: str, kind: int) -> bytes:
     return f"# TYPE {name} {TYPE_NAMES.get(kind, 'untyped')}\n".encode()
 
 
-def _type_member(name: str, kind: int) -> bytes:
+_TYPE_SEGMENTS: dict[tuple[str, int], Segment] = {}
+
+
+def _type_segment(name: str, kind: int) -> Segment:
     # Family names repeat on every scrape: keep their compressed TYPE lines (bounded).
     key = (name, kind)
-    member = _TYPE_MEMBERS.get(key)
-    if member is None:
-        member = compress(_type_line(name, kind))
-        if len(_TYPE_MEMBERS) < 100_000:
-            _TYPE_MEMBERS[key] = member
-    return member
+    seg = _TYPE_SEGMENTS.get(key)
+    if seg is None:
+        seg = Compressor().segment(_type_line(name, kind))
+        if len(_TYPE_SEGMENTS) < 100_000:
+            _TYPE_SEGMENTS[key] = seg
+    return seg
 
 
 def write_gzip(merged: Merged) -> Iterator[bytes]:
-    """The merged exposition as a gzip stream: stored members, one TYPE member per family."""
-    for name, (kind, blocks) in merged.families.items():
-        yield _type_member(name, kind) + b"".join(blocks)
+    """The merged exposition as one gzip member: stored segments, no compression work."""
+    yield GZIP_HEADER
+    parts: list[tuple[int, int]] = []
+    for name, (kind, segments) in merged.families.items():
+        head = _type_segment(name, kind)
+        parts.append((head.crc, head.size))
+        parts += [(s.crc, s.size) for s in segments]
+        yield head.data + b"".join(s.data for s in segments)
+    crc, size = crc32_concat(parts)
+    yield FINAL_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
 def write_plain(merged: Merged) -> Iterator[bytes]:
-    """The merged exposition as plain text (inflating the stored blocks)."""
-    decompress = isal_zlib.decompress
-    for name, (kind, blocks) in merged.families.items():
-        yield _type_line(name, kind) + b"".join(decompress(b, wbits=GZIP_WBITS) for b in blocks)
+    """The merged exposition as plain text (inflating the stored segments)."""
+    for name, (kind, segments) in merged.families.items():
+        yield _type_line(name, kind) + b"".join(inflate(s) for s in segments)

@@ -18,7 +18,7 @@ from prometheus_client import Histogram
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from telemeter.core.errors import TelemeterError
 from telemeter.server import keys
@@ -41,6 +41,11 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
+
+
+# Everything redis-py raises for an unreachable or failing cluster (RedisClusterException is not
+# a RedisError).
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 class StoreUnavailable(TelemeterError):
@@ -85,7 +90,7 @@ class Store:
                 )
                 try:
                     await client.initialize()
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     await _close_quietly(client)
                     raise StoreUnavailable(f"redis cluster unreachable: {exc}") from exc
                 self._client = client
@@ -98,7 +103,7 @@ class Store:
         start = time.perf_counter()
         try:
             yield client
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("redis operation failed op=%s error=%r", op, exc)
             raise StoreUnavailable(f"redis {op} failed") from exc
         finally:
@@ -208,5 +213,5 @@ class Store:
 async def _close_quietly(client: RedisCluster) -> None:
     try:
         await client.aclose()
-    except (RedisError, OSError) as exc:  # closing a broken client must not hide the first error
+    except REDIS_ERRORS as exc:  # closing a broken client must not hide the first error
         log.debug("closing redis client failed error=%r", exc)

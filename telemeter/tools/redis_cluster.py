@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import logging
-import os
 import re
 import shutil
 import signal
@@ -43,6 +40,7 @@ from urllib.parse import quote, unquote, urlsplit
 import redis
 
 from telemeter.tools.ports import free_redis_ports
+from telemeter.tools.processes import parent_death_hook
 
 logger = logging.getLogger(__name__)
 
@@ -139,23 +137,6 @@ def _wait_until(check: Callable[[], str | None], *, timeout: float, what: str) -
                 f"timed out after {timeout}s waiting for {what}: {missing}"
             )
         time.sleep(_POLL_INTERVAL_S)
-
-
-def _parent_death_hook() -> Callable[[], None] | None:
-    """Return a ``preexec_fn`` that makes the child die with SIGKILL when we die (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    prctl = libc.prctl
-    parent_pid = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        # If the parent died before prctl took effect, the signal will never come.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return hook
 
 
 @dataclass
@@ -457,7 +438,7 @@ class LocalRedisCluster:
                 # Own session: a Ctrl-C meant for us must not bypass our ordered shutdown.
                 start_new_session=True,
                 # Built per spawn: the hook checks the pid of the process that forks.
-                preexec_fn=_parent_death_hook(),
+                preexec_fn=parent_death_hook(),
             )
 
     def _start_processes(self) -> None:
