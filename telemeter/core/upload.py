@@ -86,7 +86,7 @@ class PassResult:
 
 def process(data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int) -> PassResult:
     """Run the compiled pass (see the module docstring); raises InvalidPayload or TooLarge."""
-    from telemeter.core import _fastpass  # type: ignore[attr-defined]
+    from telemeter.core import _fastpass
 
     result: PassResult = _fastpass.process(data, config, now_ms, min_timestamp_ms, PassResult)
     return result

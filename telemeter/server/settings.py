@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telemeter.core.durations import parse_duration
+from telemeter.core.errors import InvalidSelector
 from telemeter.core.selectors import Whitelist
 from telemeter.core.transforms import parse_label_pairs
 
@@ -102,7 +103,10 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 "--forward-url is not supported by this server (see docs/operations.md)"
             )
-        Whitelist.from_strings(self.whitelist_rules())  # fail at start-up on a bad selector
+        try:
+            Whitelist.from_strings(self.whitelist_rules())  # fail at start-up on a bad selector
+        except InvalidSelector as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     def whitelist_rules(self) -> list[str]:

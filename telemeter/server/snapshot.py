@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from isal import isal_zlib
 
 from telemeter.core import metrics_pb2
-from telemeter.core._fastpass import crc32_concat  # type: ignore[attr-defined]
+from telemeter.core._fastpass import crc32_concat
 from telemeter.core.errors import TelemeterError
 from telemeter.core.exposition import TYPE_NAMES, escape_label_value, format_value
 

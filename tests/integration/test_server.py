@@ -31,8 +31,8 @@ from tests.support import (
     encode_upload,
     federate,
     series_of,
-    standard_families,
     shared_file,
+    standard_families,
     upload,
 )
 
@@ -66,7 +66,7 @@ def server(
 @pytest.fixture(scope="module")
 def rclient(redis_cluster: RedisClusterHandle) -> Iterator[RedisCluster]:
     client = RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes],
+        startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes],  # type: ignore[no-untyped-call]
         password=redis_cluster.password,
     )
     yield client
@@ -86,7 +86,7 @@ def push_standard(server: ServerHandle, cluster_id: str) -> str:
     return jwt
 
 
-# ---- the recorded Go client upload -----------------------------------------------------------
+# ---- the recorded Go client upload -------------------------------------------------------
 
 
 def recorded_upload() -> tuple[bytes, dict[str, str]]:
@@ -161,7 +161,7 @@ def test_protobuf_federate_when_asked(server: ServerHandle) -> None:
     assert len(ours) == 233
 
 
-# ---- PROTOCOL.md's status table: each row, and the stored snapshot stays untouched ---------------
+# ---- PROTOCOL.md's status table: each row, and the stored snapshot stays untouched -----------
 
 
 def family(name: str, metrics: list[metrics_pb2.Metric]) -> metrics_pb2.MetricFamily:
@@ -296,7 +296,7 @@ def test_store_failure_is_503_with_retry_after(start_servers: Callable[..., Serv
     assert httpx.get(f"{dead.external}/healthz").status_code == 200
 
 
-# ---- rate limit and tokens across replicas ---------------------------------------------------------
+# ---- rate limit and tokens across replicas -----------------------------------------------------
 
 
 def test_token_and_rate_limit_hold_across_two_servers(
@@ -329,7 +329,7 @@ def test_rejected_upload_does_not_consume_the_allowance(
     assert upload(srv, jwt, good).status_code == 200
 
 
-# ---- keys -------------------------------------------------------------------------------------------
+# ---- keys ---------------------------------------------------------------------------------------
 
 
 def test_every_key_of_a_cluster_carries_its_hash_tag(

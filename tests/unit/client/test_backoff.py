@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from telemeter.client.backoff import MAX_RETRY_AFTER_SECONDS, Backoff, parse_retry_after
 

@@ -40,8 +40,16 @@ def test_urls_are_derived_like_go() -> None:
     assert settings.authorize_url == "https://infogw.example.com/authorize?id=c1"
     assert settings.upload_url == "https://infogw.example.com/upload"
     prefixed = parse_settings(
-        ["--from", "http://p/prom/federate/", "--to", "http://s/base/?x=1", "--id", "a b"]
-        + ["--to-token", "t"]
+        [
+            "--from",
+            "http://p/prom/federate/",
+            "--to",
+            "http://s/base/?x=1",
+            "--id",
+            "a b",
+            "--to-token",
+            "t",
+        ]
     )
     assert prefixed.from_url == "http://p/prom/federate"
     # Go: path.Join, the --to query kept, id added and the query re-encoded sorted by key.
@@ -51,8 +59,16 @@ def test_urls_are_derived_like_go() -> None:
 
 def test_explicit_endpoints_win_over_to() -> None:
     settings = parse_settings(
-        ["--from", "http://p", "--to-auth", "http://a/auth?id=z", "--to-upload", "http://u/up"]
-        + ["--to-token", "t"]
+        [
+            "--from",
+            "http://p",
+            "--to-auth",
+            "http://a/auth?id=z",
+            "--to-upload",
+            "http://u/up",
+            "--to-token",
+            "t",
+        ]
     )
     assert settings.authorize_url == "http://a/auth?id=z"
     assert settings.upload_url == "http://u/up"
@@ -143,7 +159,7 @@ def test_unusable_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is empty"):
         load_runtime(parse_settings([*BASE, "--to-token-file", str(tmp_path / "empty")]))
     salted = [*BASE, "--to-token", "t", "--anonymize-labels", "instance"]
-    with pytest.raises(ConfigError, match="--anonymize-salt-file .* is empty"):
+    with pytest.raises(ConfigError, match=r"--anonymize-salt-file .* is empty"):
         load_runtime(parse_settings([*salted, "--anonymize-salt-file", str(tmp_path / "empty")]))
     with pytest.raises(ConfigError, match="no match rules"):
         load_runtime(_settings("--match", " ", "--match-file", str(tmp_path / "empty")))

@@ -1,0 +1,83 @@
+"""Stored snapshots and their merge into one `/federate` answer."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from telemeter.core import metrics_pb2
+from telemeter.server import snapshot
+
+GAUGE, COUNTER, SUMMARY, HISTOGRAM = (
+    metrics_pb2.GAUGE,
+    metrics_pb2.COUNTER,
+    metrics_pb2.SUMMARY,
+    metrics_pb2.HISTOGRAM,
+)
+
+
+def snap(cluster: str, families: dict[str, int], push: int = 1000) -> snapshot.Snapshot:
+    items = [
+        (name, kind, f'{name}{{_id="{cluster}"}} 1 {push}\n'.encode())
+        for name, kind in families.items()
+    ]
+    return snapshot.decode(snapshot.encode(push, len(items), items))
+
+
+def test_encode_decode_round_trip() -> None:
+    value = snapshot.encode(1234, 2, [("a", GAUGE, b"a 1 1\n"), ("b", COUNTER, b"b 2 1\n")])
+    decoded = snapshot.decode(value)
+    assert decoded.push_time_ms == 1234 and decoded.series == 2
+    assert [(f.name, f.kind, snapshot.inflate(f.segment)) for f in decoded.families] == [
+        ("a", GAUGE, b"a 1 1\n"),
+        ("b", COUNTER, b"b 2 1\n"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"XX", b"TM2" + b"\x00" * 5, snapshot.encode(1, 1, [("a", 1, b"x")])[:-3]]
+)
+def test_corrupt_values_are_detected(value: bytes) -> None:
+    with pytest.raises(snapshot.CorruptSnapshot):
+        snapshot.decode(value)
+
+
+def test_gzip_answer_is_one_member_equal_to_the_plain_answer() -> None:
+    merged = snapshot.merge(
+        [snap("x", {"a": GAUGE, "b": COUNTER}), snap("y", {"b": COUNTER, "c": GAUGE})]
+    )
+    plain = b"".join(snapshot.write_plain(merged))
+    body = b"".join(snapshot.write_gzip(merged))
+    first_member = zlib.decompressobj(31)  # reads only one member, like curl or httpx
+    assert (
+        first_member.decompress(body) == plain and first_member.eof and not first_member.unused_data
+    )
+    assert gzip.decompress(body) == plain
+    assert plain.count(b"# TYPE b counter\n") == 1
+    assert plain.index(b'b{_id="x"}') < plain.index(b'b{_id="y"}') < plain.index(b"# TYPE c")
+
+
+def test_type_conflicts() -> None:
+    simple = snapshot.merge([snap("x", {"m": GAUGE}), snap("y", {"m": COUNTER})])
+    assert simple.families["m"][0] == metrics_pb2.UNTYPED and len(simple.families["m"][1]) == 2
+    complex_ = snapshot.merge([snap("x", {"m": SUMMARY}), snap("y", {"m": HISTOGRAM})])
+    assert complex_.families["m"][0] == SUMMARY and len(complex_.families["m"][1]) == 1
+    assert complex_.conflicts == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from("abcde"), st.sampled_from([GAUGE, COUNTER]), max_size=5),
+        max_size=6,
+    )
+)
+def test_gzip_always_matches_plain(clusters: list[dict[str, int]]) -> None:
+    merged = snapshot.merge([snap(f"c{i}", fams) for i, fams in enumerate(clusters)])
+    plain = b"".join(snapshot.write_plain(merged))
+    assert zlib.decompressobj(31).decompress(b"".join(snapshot.write_gzip(merged))) == plain
+    assert merged.clusters == len(clusters)
