@@ -51,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # httpx logs every request at INFO; our own cycle log says what matters.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         settings = settings_from_args(args)
         runtime = load_runtime(settings)
@@ -69,6 +71,8 @@ async def run(
     metrics = ClientMetrics()
     worker = Worker(settings, Forwarder(settings, runtime, metrics=metrics, transport=transport))
     logger.info("starting telemeter-client %s", describe(settings))
+    if not settings.anonymize_labels:
+        logger.warning("not anonymizing any labels")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -24,7 +24,7 @@ KEEP_ALL = Whitelist.from_strings(['{__name__=~".+"}'])
 
 NAMES = ["up", "node_load1", "ALERTS", "cluster:cpu:sum", "a_b"]
 LABELS = ["_id", "instance", "job", "le_x", "pod"]
-VALUE_FIELDS = {
+VALUE_FIELDS: dict[int, str] = {
     metrics_pb2.COUNTER: "counter",
     metrics_pb2.GAUGE: "gauge",
     metrics_pb2.UNTYPED: "untyped",
@@ -112,7 +112,7 @@ def corrupt(draw: st.DrawFn, fam: metrics_pb2.MetricFamily, how: str) -> None:
         m.label.extend(keep)
     elif how == "wrong value field":
         for field in ("counter", "gauge", "untyped", "summary", "histogram"):
-            m.ClearField(field)  # type: ignore[arg-type]
+            m.ClearField(field)
         set_value(draw, m, draw(st.sampled_from(sorted(set(VALUE_FIELDS.values())))))
 
 
@@ -122,7 +122,8 @@ def families(draw: st.DrawFn) -> list[metrics_pb2.MetricFamily]:
     # Mostly distinct names; a repeated name with another type is refused, as it should be.
     for name in draw(st.lists(st.sampled_from(NAMES), max_size=4, unique=draw(st.booleans()))):
         kind = draw(st.sampled_from(list(VALUE_FIELDS)))
-        fam = metrics_pb2.MetricFamily(name=name, type=kind, help=draw(st.text(max_size=5)))
+        fam = metrics_pb2.MetricFamily(name=name, help=draw(st.text(max_size=5)))
+        fam.type = kind  # type: ignore[assignment]
         stamps = sorted(draw(st.lists(st.sampled_from([NOW - 1000, NOW, NOW + 5000]), max_size=4)))
         fam.metric.extend(draw(metrics(kind, ts)) for ts in stamps)
         out.append(fam)
