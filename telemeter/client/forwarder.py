@@ -1,11 +1,9 @@
 """One push cycle: scrape ``/federate``, exchange the token, transform, upload.
 
 The requests are those of the Go client (PROTOCOL.md sections 1-3, checked against the golden
-captures in ``testdata/wire``): same method, path, query and headers, with two deliberate
-differences: ``User-Agent`` names this client, and the upload carries a ``Content-Length``
-instead of ``Transfer-Encoding: chunked`` (the body is already in memory; a length lets the
-server refuse an oversized body before reading it, and every HTTP/1.1 server accepts both).
-Like the Go client we send ``Accept-Encoding: gzip`` and ``Connection: close``: one push every
+captures in ``testdata/wire``): same method, path, query and headers (the upload is sent with
+``Transfer-Encoding: chunked`` and no ``Content-Length``, as the Go client does), with one
+deliberate difference: ``User-Agent`` names this client. Like the Go client we send ``Accept-Encoding: gzip`` and ``Connection: close``: one push every
 4.5 minutes gains nothing from pooled connections, which idle out in between anyway.
 
 httpx errors are translated into :mod:`telemeter.client.errors` here, and only here.
@@ -15,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -133,14 +132,15 @@ class Forwarder:
             raise
 
     async def _forward(self, runtime: Runtime) -> ForwardResult:
-        async with self._client(verify=runtime.from_verify) as source:
+        # Like Go's http.Client, the scrape follows redirects; uploads and token exchanges don't.
+        async with self._client(verify=runtime.from_verify, follow_redirects=True) as source:
             scraped = await self.scrape(source, runtime)
         before = sum(len(family.metric) for family in scraped)
         if not scraped:
             self._record([], before=0)
             logger.warning("no metrics to send, doing nothing")
             return ForwardResult(families=[], scraped_samples=0, sent_samples=0, uploaded=False)
-        async with self._client(verify=True) as sink:
+        async with self._client(verify=True, follow_redirects=False) as sink:
             token = await self.authorize(sink, runtime)
             result = transform_families(
                 scraped,
@@ -253,7 +253,7 @@ class Forwarder:
         try:
             async with asyncio.timeout(self._timeout):
                 async with client.stream(
-                    "POST", self._settings.upload_url, headers=headers, content=body
+                    "POST", self._settings.upload_url, headers=headers, content=_chunked(body)
                 ) as response:
                     self._metrics.count_http("federate_to", response.status_code)
                     status = response.status_code
@@ -274,8 +274,10 @@ class Forwarder:
             payload_rejected=status in (400, 413),
         )
 
-    def _client(self, *, verify: object) -> _ClientContext:
-        return _ClientContext(self._transport, verify=verify, timeout=self._timeout)
+    def _client(self, *, verify: ssl.SSLContext | bool, follow_redirects: bool) -> _ClientContext:
+        return _ClientContext(
+            self._transport, verify=verify, timeout=self._timeout, follow_redirects=follow_redirects
+        )
 
 
 class _ClientContext:
@@ -286,14 +288,16 @@ class _ClientContext:
     """
 
     def __init__(
-        self, transport: httpx.AsyncBaseTransport | None, *, verify: object, timeout: float
+        self,
+        transport: httpx.AsyncBaseTransport | None,
+        *,
+        verify: ssl.SSLContext | bool,
+        timeout: float,
+        follow_redirects: bool,
     ) -> None:
         self._owned = transport is None
         self._client = httpx.AsyncClient(
-            transport=transport,
-            verify=verify,  # type: ignore[arg-type]
-            timeout=timeout,
-            follow_redirects=False,
+            transport=transport, verify=verify, timeout=timeout, follow_redirects=follow_redirects
         )
         headers = self._client.headers
         del headers["Accept"]  # Go sends no Accept except on the scrape
@@ -379,3 +383,8 @@ def _describe(exc: BaseException) -> str:
 
 def _redact(url: str) -> str:
     return url.split("?", 1)[0]
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    """The body as an async iterator, so httpx sends it chunked like the Go client."""
+    yield body
