@@ -90,6 +90,42 @@ cdef extern from *:
         return tm_multmodp(p, crc1) ^ crc2;
     }
 
+    /* Index of the first byte needing escape in a label value (backslash, quote, newline), or n.
+       Eight bytes at a time: a byte equal to c makes (w ^ c*0x01..01) have a zero byte. */
+    static Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n) {
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w; memcpy(&w, s + i, 8);
+            uint64_t a = w ^ (ones * 92), b = w ^ (ones * 34), c = w ^ (ones * 10);
+            if (((a - ones) & ~a & highs) | ((b - ones) & ~b & highs) | ((c - ones) & ~c & highs)) break;
+        }
+        for (; i < n; i++) if (s[i] == 92 || s[i] == 34 || s[i] == 10) return i;
+        return n;
+    }
+
+    /* Character classes of metric and label names: 1 first char, 2 later char, 4 colon. */
+    static unsigned char tm_name_class[256];
+    static void tm_names_init(void) {
+        for (int c = 0; c < 256; c++) {
+            unsigned char k = 0;
+            if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_') k = 3;
+            else if (c >= '0' && c <= '9') k = 2;
+            else if (c == ':') k = 4;
+            tm_name_class[c] = k;
+        }
+    }
+    static int tm_valid_name(const unsigned char *s, Py_ssize_t n, int colon) {
+        if (n == 0) return 0;
+        unsigned char first = tm_name_class[s[0]];
+        if (!((first & 1) || (colon && first == 4))) return 0;
+        for (Py_ssize_t i = 1; i < n; i++) {
+            unsigned char k = tm_name_class[s[i]];
+            if (!((k & 2) || (colon && k == 4))) return 0;
+        }
+        return 1;
+    }
+
     /* Strict UTF-8 validation (no overlongs, no surrogates, at most U+10FFFF). */
     static int tm_valid_utf8(const unsigned char *s, Py_ssize_t n) {
         Py_ssize_t i = 0;
@@ -120,6 +156,9 @@ cdef extern from *:
     int tm_format_double(double v, char *out) except -1
     int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
     void tm_crc_init()
+    void tm_names_init()
+    int tm_valid_name(const unsigned char *s, Py_ssize_t n, int colon)
+    Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n)
     uint32_t tm_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
     double fabs(double)
     int isnan(double)
@@ -128,6 +167,7 @@ cdef extern from *:
     int snprintf(char *, size_t, const char *, ...)
 
 tm_crc_init()
+tm_names_init()
 
 
 def crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2):
@@ -234,34 +274,21 @@ cdef int put_count(Buf *b, uint64_t integer, double floating) except -1:
 
 
 cdef int put_escaped(Buf *b, const char *s, Py_ssize_t n) except -1:
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
     cdef char c
     grow(b, 2 * n)
-    for i in range(n):
-        c = s[i]
-        if c == 92 or c == 34 or c == 10:
+    i = 0
+    while i < n:
+        j = i + tm_find_escape(s + i, n - i)
+        memcpy(b.data + b.len, s + i, j - i)  # the run without special characters
+        b.len += j - i
+        if j == n:
             break
-    else:  # nothing to escape: one copy
-        memcpy(b.data + b.len, s, n)
-        b.len += n
-        return 0
-    for i in range(n):
-        c = s[i]
-        if c == 92:  # backslash
-            b.data[b.len] = 92
-            b.data[b.len + 1] = 92
-            b.len += 2
-        elif c == 34:  # double quote
-            b.data[b.len] = 92
-            b.data[b.len + 1] = 34
-            b.len += 2
-        elif c == 10:  # newline
-            b.data[b.len] = 92
-            b.data[b.len + 1] = 110
-            b.len += 2
-        else:
-            b.data[b.len] = c
-            b.len += 1
+        c = s[j]
+        b.data[b.len] = 92  # backslash
+        b.data[b.len + 1] = 110 if c == 10 else c
+        b.len += 2
+        i = j + 1
     return 0
 
 
@@ -367,22 +394,8 @@ cdef double read_value_message(const uint8_t *d, Span span) except? -1.0:
 
 # ---- names ------------------------------------------------------------------------------------
 
-cdef inline bint name_char(uint8_t c, bint first, bint colon):
-    if (c >= 97 and c <= 122) or (c >= 65 and c <= 90) or c == 95:
-        return True
-    if colon and c == 58:
-        return True
-    return not first and c >= 48 and c <= 57
-
-
-cdef bint valid_name(const uint8_t *s, Py_ssize_t n, bint colon):
-    cdef Py_ssize_t i
-    if n == 0:
-        return False
-    for i in range(n):
-        if not name_char(s[i], i == 0, colon):
-            return False
-    return True
+cdef inline bint valid_name(const uint8_t *s, Py_ssize_t n, bint colon):
+    return tm_valid_name(s, n, colon)
 
 
 cdef list pairs_of(object items, list keep):

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
@@ -250,9 +251,10 @@ def _health_routes(app: FastAPI, rt: Runtime) -> None:
 
     @app.get("/healthz/ready")
     async def ready() -> PlainTextResponse:
-        if await rt.ready():
+        ok, why = await rt.ready()
+        if ok:
             return PlainTextResponse("ready\n")
-        return PlainTextResponse("not ready: redis unreachable\n", status_code=503)
+        return PlainTextResponse(f"not ready: {why}\n", status_code=503)
 
 
 def create_internal_app(rt: Runtime) -> FastAPI:
@@ -265,7 +267,13 @@ def create_internal_app(rt: Runtime) -> FastAPI:
 
     @app.get("/")
     async def index() -> dict[str, list[str]]:
-        return {"paths": ["/", "/federate", "/metrics", "/healthz", "/healthz/ready"]}
+        return {
+            "paths": ["/", "/federate", "/metrics", "/healthz", "/healthz/ready", "/debug/ring"]
+        }
+
+    @app.get("/debug/ring")
+    async def ring() -> dict[str, Any]:
+        return await rt.ring.debug_view()
 
     _health_routes(app, rt)
 
@@ -299,7 +307,8 @@ async def _stream(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 async def _merged(rt: Runtime) -> snapshot.Merged:
     now_ms = int(time.time() * 1000)
-    values = await rt.store.load_snapshots(range(keys.RANGES), now_ms=now_ms)
+    # Only the ranges this pod holds a live lease for (ARCHITECTURE.md decision 5, I1).
+    values = await rt.store.load_snapshots(sorted(rt.ring.owned_ranges()), now_ms=now_ms)
     oldest = now_ms - int(rt.settings.ttl * 1000)
     snaps: list[snapshot.Snapshot] = []
     for value in values:

@@ -68,10 +68,20 @@ async def serve(settings: ServerSettings) -> None:
             ),
         ]
 
-        def stop(signum: int) -> None:
+        async def shutdown(signum: int) -> None:
+            # I4: stop serving and release the ring's leases first, so the other pods take
+            # the ranges over within two heartbeats, then close the listeners.
             log.info("shutting down signal=%s", signal.Signals(signum).name)
+            await rt.ring.stop()
             for server in servers:
                 server.should_exit = True
+
+        tasks: set[asyncio.Task[None]] = set()
+
+        def stop(signum: int) -> None:
+            task = asyncio.ensure_future(shutdown(signum))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ from telemeter.core.transforms import parse_label_pairs
 from telemeter.core.upload import PassConfig
 from telemeter.server.authorizer import Authorizer, HttpAuthorizer, StubAuthorizer
 from telemeter.server.metrics import ServerMetrics
+from telemeter.server.ring import Ring
 from telemeter.server.settings import ServerSettings
 from telemeter.server.store import Store
 from telemeter.server.tokens import (
@@ -67,6 +68,13 @@ class Runtime:
         self.elide_labels = frozenset(settings.elide_label)
         self.upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
         self.local_limits: dict[str, float] = {}
+        self.ring = Ring(
+            self.store.client,
+            name=settings.name,
+            registry=self.metrics.registry,
+            heartbeat_s=settings.ring_heartbeat,
+            lease_s=settings.ring_lease,
+        )
         self._http: httpx.AsyncClient | None = None
         self.authorizer: Authorizer = StubAuthorizer()
         self._ready_at = 0.0
@@ -88,6 +96,7 @@ class Runtime:
             self.authorizer = HttpAuthorizer(self.settings.authorize, client=self._http)
         else:
             log.warning("no --authorize URL given: accepting any token (stub mode)")
+        await self.ring.start()
         return self
 
     async def __aexit__(
@@ -96,6 +105,7 @@ class Runtime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.ring.stop()  # idempotent: normally done already, before the listeners close
         await self.store.close()
         if self._http is not None:
             await self._http.aclose()
@@ -133,10 +143,17 @@ class Runtime:
                 return
         self.local_limits[cluster_id] = time.monotonic() + seconds
 
-    async def ready(self) -> bool:
-        """Whether Redis answers (cached for a second so probes cannot hammer Redis)."""
+    async def ready(self) -> tuple[bool, str]:
+        """Whether this pod is ready, and why not: Redis answers, and it holds its ring ranges.
+
+        The Redis check is cached for a second so probes cannot hammer Redis.
+        """
         now = time.monotonic()
         if now - self._ready_at > READY_CACHE_S:
             self._ready = await self.store.ping()
             self._ready_at = now
-        return self._ready
+        if not self._ready:
+            return False, "redis unreachable"
+        if not self.ring.ready:
+            return False, "not yet holding its ring ranges"
+        return True, "ready"

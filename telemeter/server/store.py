@@ -96,6 +96,10 @@ class Store:
                 self._client = client
             return self._client
 
+    async def client(self) -> RedisCluster:
+        """The connected client (for the ring, which keeps its own state in Redis)."""
+        return await self._connect()
+
     @asynccontextmanager
     async def _call(self, op: str) -> AsyncIterator[RedisCluster]:
         """Time one operation and translate redis-py's errors (the one place this happens)."""
