@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,17 @@ def start_servers(
     """Start real `telemeter-server` processes on the shared cluster; all stopped at teardown."""
     started: list[ServerHandle] = []
 
-    def start(name: str = "s1", **kwargs: Any) -> ServerHandle:
+    def start(
+        name: str = "s1", *, ring: str | None = None, ready: bool = True, **kwargs: Any
+    ) -> ServerHandle:
+        """Start a server in its own ring (``ring`` names a shared one) and wait until ready."""
         kwargs.setdefault("redis_url", redis_cluster.url)
+        namespace = ring or f"test-{uuid.uuid4().hex[:10]}"
+        kwargs["extra_args"] = ["--ring-namespace", namespace, *kwargs.get("extra_args", ())]
         handle = start_server(workdir=tmp_path, name=name, shared_key=signing_key, **kwargs)
         started.append(handle)
+        if ready:
+            handle.process.wait_http(handle.internal + "/healthz/ready")
         return handle
 
     yield start

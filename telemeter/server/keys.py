@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from redis.crc import key_slot
 
@@ -20,6 +21,10 @@ PREFIX = "telemeter"
 
 # Cluster IDs become hash tags and label values: a safe character set keeps `{`/`}` out.
 CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+# The ring's state lives under one hash tag (ARCHITECTURE.md decision 5).
+DEFAULT_RING_NAMESPACE = "telemeter-ring"
+RING_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 # Index entries whose snapshot is gone are pruned only after this long, so an upload whose
 # index entry is written just before its snapshot is never pruned in between.
@@ -70,3 +75,45 @@ def cluster_range(cluster_id: str) -> int:
 def index_key(range_id: int) -> str:
     """The sorted set of cluster IDs stored in one range (score: last write, ms)."""
     return f"{PREFIX}:index:{{{PREFIX}-index-{range_id}}}"
+
+
+@dataclass(frozen=True)
+class RingKeys:
+    """The ring's key names; all share the hash tag ``{namespace}``, so one script sees them."""
+
+    namespace: str = DEFAULT_RING_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if RING_NAMESPACE.fullmatch(self.namespace) is None:
+            raise ValueError(f"bad ring namespace {self.namespace!r}")
+
+    def _key(self, what: str) -> str:
+        return f"{PREFIX}:ring:{{{self.namespace}}}:{what}"
+
+    @property
+    def members(self) -> str:
+        return self._key("members")
+
+    @property
+    def joined(self) -> str:
+        return self._key("joined")
+
+    @property
+    def owners(self) -> str:
+        return self._key("owners")
+
+    @property
+    def expiries(self) -> str:
+        return self._key("expiries")
+
+    @property
+    def assignment(self) -> str:
+        return self._key("assignment")
+
+    @property
+    def meta(self) -> str:
+        return self._key("meta")
+
+    def heartbeat_keys(self) -> list[str]:
+        """KEYS of the heartbeat script, in its order."""
+        return [self.members, self.joined, self.owners, self.expiries, self.assignment, self.meta]

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import secrets
 import socket
 import time
@@ -44,65 +43,24 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from telemeter.server.assignment import rebalance
-from telemeter.server.keys import RANGES, SLOTS_PER_RANGE
+from telemeter.server.keys import DEFAULT_RING_NAMESPACE as DEFAULT_NAMESPACE
+from telemeter.server.keys import RANGES, SLOTS_PER_RANGE, RingKeys
+from telemeter.server.store import REDIS_ERRORS, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMESPACE = "telemeter-ring"
-NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # While some assigned range is not held yet, beat this much faster than the heartbeat, so a
 # released range is picked up well within two heartbeats (I4).
 FAST_RETRY_FRACTION = 0.25
 
 ClientFactory = Callable[[], Awaitable[RedisCluster]]
+# A heartbeat that fails for any of these is counted and retried; leases then run out locally.
+FAILURES = (*REDIS_ERRORS, StoreUnavailable)
 
 
 # ----- keys ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RingKeys:
-    """The ring's key names; all share the hash tag ``{namespace}``, so one script sees them."""
-
-    namespace: str = DEFAULT_NAMESPACE
-
-    def __post_init__(self) -> None:
-        if NAMESPACE.fullmatch(self.namespace) is None:
-            raise ValueError(f"bad ring namespace {self.namespace!r}")
-
-    def _key(self, what: str) -> str:
-        return f"telemeter:ring:{{{self.namespace}}}:{what}"
-
-    @property
-    def members(self) -> str:
-        return self._key("members")
-
-    @property
-    def joined(self) -> str:
-        return self._key("joined")
-
-    @property
-    def owners(self) -> str:
-        return self._key("owners")
-
-    @property
-    def expiries(self) -> str:
-        return self._key("expiries")
-
-    @property
-    def assignment(self) -> str:
-        return self._key("assignment")
-
-    @property
-    def meta(self) -> str:
-        return self._key("meta")
-
-    def heartbeat_keys(self) -> list[str]:
-        """KEYS of the heartbeat script, in its order."""
-        return [self.members, self.joined, self.owners, self.expiries, self.assignment, self.meta]
 
 
 # ----- scripts -------------------------------------------------------------------------------
@@ -132,6 +90,12 @@ for i = 1, #all, 2 do
 end
 redis.call('HSET', KEYS[1], name, now + lease)
 redis.call('HSETNX', KEYS[2], name, now)
+for r in string.gmatch(ARGV[5], '%d+') do
+  if redis.call('HGET', KEYS[3], r) == name then
+    redis.call('HDEL', KEYS[3], r)
+    redis.call('HDEL', KEYS[4], r)
+  end
+end
 local results = {}
 for r in string.gmatch(ARGV[3], '%d+') do
   local granted = 0
@@ -153,12 +117,6 @@ for r in string.gmatch(ARGV[4], '%d+') do
   end
   table.insert(results, tonumber(r))
   table.insert(results, granted)
-end
-for r in string.gmatch(ARGV[5], '%d+') do
-  if redis.call('HGET', KEYS[3], r) == name then
-    redis.call('HDEL', KEYS[3], r)
-    redis.call('HDEL', KEYS[4], r)
-  end
 end
 local members = {}
 all = redis.call('HGETALL', KEYS[1])
@@ -261,10 +219,14 @@ def decode_assignment(blob: bytes | str | None) -> dict[int, str]:
 def _decode_beat(reply: list[Any]) -> _Beat:
     now_ms, grace, flat_members, flat_results, version, blob = reply
     members = tuple(
-        MemberState(name=_text(flat_members[i]), expiry_ms=flat_members[i + 1], joined_ms=j)
-        for i, j in zip(range(0, len(flat_members), 3), flat_members[2::3], strict=True)
+        MemberState(name=_text(name), expiry_ms=int(expiry), joined_ms=int(joined))
+        for name, expiry, joined in zip(
+            flat_members[0::3], flat_members[1::3], flat_members[2::3], strict=True
+        )
     )
-    granted = {int(flat_results[i]): int(flat_results[i + 1]) for i in range(0, len(flat_results), 2)}
+    granted = {
+        int(flat_results[i]): int(flat_results[i + 1]) for i in range(0, len(flat_results), 2)
+    }
     return _Beat(
         now_ms=int(now_ms),
         grace_until_ms=int(grace),
@@ -302,7 +264,9 @@ class _Metrics:
             registry=registry,
         )
         self.members = Gauge(
-            "telemeter_ring_members", "Live ring members as of the last heartbeat.", registry=registry
+            "telemeter_ring_members",
+            "Live ring members as of the last heartbeat.",
+            registry=registry,
         )
         for direction in ("acquired", "released", "lost"):
             self.handovers.labels(direction)
@@ -348,6 +312,7 @@ class Ring:
         self._last_at = 0.0  # monotonic time of the last answer
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._stopping = asyncio.Event()
         self._stop_lock = asyncio.Lock()
 
     # ----- public API ------------------------------------------------------------------------
@@ -368,18 +333,25 @@ class Ring:
             held = set(self._deadlines)
             self._deadlines.clear()  # stop serving before anything is released (I1)
             self._assigned = frozenset()
+            self._stopping.set()
             if self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                # Let an in-flight heartbeat finish: cancelled mid-call, it could still reach
+                # Redis after LEAVE and take leases for a pod that is gone.
+                try:
+                    async with asyncio.timeout(self.lease_s / 2):
+                        await self._task
+                except TimeoutError:
+                    self._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
                 self._task = None
             try:
                 async with asyncio.timeout(self.lease_s / 2):
                     client = await self._client()
-                    released = await client.eval(  # type: ignore[misc]
+                    released = await client.eval(
                         LEAVE, 4, *self.keys.heartbeat_keys()[:4], self.name
                     )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (*FAILURES, TimeoutError) as exc:
                 log.warning("ring leave failed member=%s error=%r", self.name, exc)
                 return
             self._metrics.handovers.labels("released").inc(len(held))
@@ -444,11 +416,14 @@ class Ring:
     # ----- heartbeat -------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             unsettled = bool(self._assigned - self.owned_ranges()) or bool(self._releasing)
-            fast = self.heartbeat_s * FAST_RETRY_FRACTION
-            await asyncio.sleep(fast if unsettled else self.heartbeat_s)
-            await self._beat()
+            delay = self.heartbeat_s * (FAST_RETRY_FRACTION if unsettled else 1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            if not self._stopping.is_set():
+                await self._beat()
 
     async def _beat(self) -> None:
         """Renew, acquire and release leases, then follow the assignment; never raises."""
@@ -465,12 +440,12 @@ class Ring:
         # A range we hold only renews; one we don't hold must be acquired (free or expired).
         renew = held & self._assigned
         acquire = self._assigned - held
-        release = set(self._releasing)
+        release = self._releasing - self._assigned
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.lease_s / 2):
                 client = await self._client()
-                reply = await client.eval(  # type: ignore[misc]
+                reply = await client.eval(
                     HEARTBEAT,
                     6,
                     *self.keys.heartbeat_keys(),
@@ -481,7 +456,7 @@ class Ring:
                     _csv(release),
                 )
             beat = _decode_beat(reply)
-        except (RedisError, OSError, TimeoutError, ValueError) as exc:
+        except (*FAILURES, TimeoutError, ValueError) as exc:
             # Leases simply run out locally if this keeps failing: that is the safety property.
             self._metrics.renew_failures.inc()
             log.warning("ring heartbeat failed member=%s error=%r", self.name, exc)
@@ -519,13 +494,15 @@ class Ring:
             if await self._store_assignment(beat.version, proposal):
                 assignment = proposal
         mine = frozenset(r for r, member in assignment.items() if member == self.name)
-        self._in_assignment = self.name in assignment.values() or self.name in eligible
+        # Joined: eligible, and the assignment we follow is the one for the current members.
+        self._in_assignment = self.name in eligible and set(assignment.values()) == eligible
         if mine == self._assigned:
             return False
         gone = set(self._deadlines) - mine
         for range_id in gone:
             del self._deadlines[range_id]  # stop serving before releasing (I1)
-        self._releasing |= gone
+        # A range assigned back to us before its release went out is kept, not released.
+        self._releasing = (self._releasing | gone) - mine
         self._metrics.handovers.labels("released").inc(len(gone))
         log.info(
             "ring assignment changed member=%s ranges=%d released=%d",
@@ -539,10 +516,10 @@ class Ring:
     async def _store_assignment(self, version: int, assignment: Mapping[int, str]) -> bool:
         try:
             client = await self._client()
-            stored = await client.eval(  # type: ignore[misc]
+            stored = await client.eval(
                 SET_ASSIGNMENT, 1, self.keys.assignment, version, encode_assignment(assignment)
             )
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self._metrics.renew_failures.inc()
             log.warning("ring assignment update failed member=%s error=%r", self.name, exc)
             return False

@@ -74,6 +74,7 @@ class Runtime:
             registry=self.metrics.registry,
             heartbeat_s=settings.ring_heartbeat,
             lease_s=settings.ring_lease,
+            namespace=settings.ring_namespace,
         )
         self._http: httpx.AsyncClient | None = None
         self.authorizer: Authorizer = StubAuthorizer()

@@ -73,6 +73,9 @@ class ServerSettings(BaseSettings):
     redis_timeout: float = 2.0
     ring_heartbeat: float = 2.0
     ring_lease: float = 10.0
+    ring_namespace: str = Field(
+        default="telemeter-ring", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+    )
     verbose: int = 0
 
     @field_validator(
@@ -172,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--redis-timeout", help="Redis connect and command timeout (default 2s)")
     add("--ring-heartbeat", help="ring heartbeat period (default 2s)")
     add("--ring-lease", help="ring lease duration (default 10s)")
+    add(
+        "--ring-namespace",
+        help="ring name: pods with the same one share the slots (default telemeter-ring)",
+    )
     add("-v", "--verbose", action="count", help="more logging")
     return p
 

@@ -57,8 +57,12 @@ def server(
         workdir=tmp_path_factory.mktemp("server"),
         name="status",
         shared_key=signing_key,
-        extra_args=["--ratelimit", "0s", "--elide-label", "prometheus_replica"],
-    )
+        extra_args=[
+            "--ratelimit", "0s", "--elide-label", "prometheus_replica",
+            "--ring-namespace", f"test-{uuid.uuid4().hex[:10]}",
+        ],
+    )  # fmt: skip
+    handle.process.wait_http(handle.internal + "/healthz/ready")
     yield handle
     handle.process.stop()
 
@@ -286,7 +290,7 @@ def test_no_or_invalid_jwt_is_401(auth: str, server: ServerHandle, rclient: Redi
 
 
 def test_store_failure_is_503_with_retry_after(start_servers: Callable[..., ServerHandle]) -> None:
-    dead = start_servers("dead", redis_url="redis://127.0.0.1:1")  # nothing listens there
+    dead = start_servers("dead", redis_url="redis://127.0.0.1:1", ready=False)  # nothing there
     cluster_id = new_id()
     jwt = authorize(dead, cluster_id)  # stub authorization needs no Redis
     answer = upload(dead, jwt, encode_upload(standard_families(cluster_id, now_ms())))
