@@ -1,0 +1,265 @@
+"""What the benchmark scripts share: the stack, the load, CPU and memory readings, medians.
+
+Everything runs on loopback, on free ports, and is stopped by the context managers here, even
+when a benchmark fails half way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from telemeter.server import keys
+from telemeter.tools.benchmark import BenchmarkConfig, Summary, run_benchmark
+from telemeter.tools.redis_cluster import LocalRedisCluster
+from telemeter.tools.stack import ServerHandle, start_server, write_signing_key
+
+STANDARD_PAYLOAD = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "testdata"
+    / "upstream"
+    / "timeseries.txt"
+).resolve()
+GO_UPLOAD_CPU_MS = 1.84  # Go telemeter-server 2019, server CPU per accepted standard upload
+GO_FEDERATE_S = 0.97  # Go, /federate of 1000 clusters x 232 series on one pod
+GO_RSS_PER_SERIES = 3200  # Go keeps ~3.2 KB of RSS per stored series
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# On a machine with two or more cores the server under test gets core 0 to itself; Redis and the
+# load generator share the others.
+CORES = os.cpu_count() or 1
+SERVER_CPUS = "0"
+OTHER_CPUS = f"1-{CORES - 1}" if CORES > 1 else "0"
+# Short ring times: a pod started after another one stopped takes over every range within ~2 s.
+RING_ARGS = ("--ring-heartbeat", "0.5s", "--ring-lease", "2s")
+FILL_BATCH = 50  # clusters pushed at once when filling (the server takes 64 uploads at a time)
+
+
+def out(line: str = "") -> None:
+    """Write one line of a benchmark's report on stdout."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def standard_payload() -> bytes:
+    """The standard payload (232 series); exits with the reason when the test data is absent."""
+    if not STANDARD_PAYLOAD.exists():
+        raise SystemExit(f"standard payload not found at {STANDARD_PAYLOAD} (../shared/testdata)")
+    return STANDARD_PAYLOAD.read_bytes()
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (the figure every benchmark reports over its runs)."""
+    return float(statistics.median(values))
+
+
+def pin(pid: int, cpus: str) -> None:
+    """Bind every thread of a process to ``cpus`` (a taskset list such as ``"0"``)."""
+    subprocess.run(
+        ["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all threads (from /proc/<pid>/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime and stime: fields 14 and 15
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores, from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def machine_description() -> str:
+    """Cores, CPU model, memory and Python: what docs/benchmarks.md quotes."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    load = os.getloadavg()[0]
+    return (
+        f"{os.cpu_count()} cores, {model}, {mem_kb / 2**20:.0f} GiB, "
+        f"Python {platform.python_version()}, load average {load:.2f} at start"
+    )
+
+
+@dataclass
+class Stack:
+    """A Redis Cluster plus the servers a benchmark starts on it."""
+
+    cluster: LocalRedisCluster
+    workdir: Path
+    key: Path
+    servers: list[ServerHandle] = field(default_factory=list)
+
+    def start_server(
+        self, name: str, *, extra_args: Sequence[str] = (), cpus: str | None = None
+    ) -> ServerHandle:
+        """Start a server on the cluster (bound to ``cpus`` when given)."""
+        handle = start_server(
+            redis_url=self.cluster.url,
+            workdir=self.workdir,
+            name=name,
+            shared_key=self.key,
+            extra_args=[*RING_ARGS, *extra_args],
+        )
+        self.servers.append(handle)
+        if cpus is not None:
+            pin(handle.process.pid, cpus)
+        return handle
+
+    def wait_serving_all(self, server: ServerHandle, *, timeout: float = 30.0) -> None:
+        """Wait until ``server`` holds every ring range (so its ``/federate`` serves all)."""
+        deadline = time.monotonic() + timeout
+        owned = 0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                view = httpx.get(server.internal + "/debug/ring", timeout=2).json()
+                owned = len(view.get("ranges", []))
+                if owned == keys.RANGES:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"{server.name} holds {owned} of {keys.RANGES} ring ranges")
+
+    def stop_servers(self) -> None:
+        """Stop every server started so far."""
+        for handle in self.servers:
+            handle.process.stop()
+        self.servers.clear()
+
+    def redis_pids(self) -> list[int]:
+        """Process ids of every Redis node (primaries and replicas)."""
+        return [node.pid for node in self.cluster.nodes if node.pid is not None]
+
+    def primary_ports(self) -> list[int]:
+        """Client ports of the current primaries."""
+        return [node.port for node in self.cluster.nodes if node.role == "primary"]
+
+    def used_memory(self) -> int:
+        """``used_memory`` summed over the primaries."""
+        total = 0
+        for port in self.primary_ports():
+            with self.cluster.client(port) as conn:
+                total += int(conn.info("memory")["used_memory"])
+        return total
+
+    def flush(self) -> None:
+        """Delete every key (FLUSHALL on each primary; replicas follow)."""
+        for port in self.primary_ports():
+            with self.cluster.client(port) as conn:
+                conn.flushall()
+
+    def keys(self) -> int:
+        """Number of keys over the primaries."""
+        total = 0
+        for port in self.primary_ports():
+            with self.cluster.client(port) as conn:
+                total += int(conn.dbsize())
+        return total
+
+
+@contextlib.contextmanager
+def stack(*, pin_redis: str | None = None) -> Iterator[Stack]:
+    """A fresh Redis Cluster (3 primaries, 3 replicas, AOF everysec) in a temp dir, then gone."""
+    with tempfile.TemporaryDirectory(prefix="telemeter-bench-") as tmp:
+        workdir = Path(tmp)
+        cluster = LocalRedisCluster(base_dir=workdir / "redis")
+        cluster.start()
+        bench = Stack(cluster, workdir, write_signing_key(workdir / "signing.pem"))
+        try:
+            if pin_redis is not None:
+                for pid in bench.redis_pids():
+                    pin(pid, pin_redis)
+            yield bench
+        finally:
+            bench.stop_servers()
+            cluster.stop()
+
+
+def load_config(
+    server: ServerHandle,
+    *,
+    workers: int,
+    duration_s: float | None = None,
+    uploads: int | None = None,
+    interval_s: float = 0.0,
+    seed: int = 1,
+) -> BenchmarkConfig:
+    """A saturation load on one server: no start spread, no wait between pushes or after errors."""
+    return BenchmarkConfig(
+        to_upload=server.external + "/upload",
+        to_auth=server.external + "/authorize",
+        token="bench",  # noqa: S106 (stub authorization accepts any token)
+        metrics_text=standard_payload(),
+        workers=workers,
+        interval_s=interval_s,
+        ramp_up_s=0.0,
+        duration_s=duration_s,
+        uploads=uploads,
+        error_wait_s=0.0,
+        timeout_s=30.0,
+        seed=seed,
+    )
+
+
+def load(config: BenchmarkConfig) -> Summary:
+    """Run one load with the telemeter-benchmark machinery, in this process."""
+    return asyncio.run(run_benchmark(config))
+
+
+def fill(server: ServerHandle, clusters: int) -> int:
+    """Store ``clusters`` new clusters of the standard payload; returns their series count.
+
+    Each worker is one cluster that pushes once; batches keep the server's upload queue short.
+    """
+    accepted = 0
+    series = 0
+    while accepted < clusters:
+        batch = min(FILL_BATCH, clusters - accepted)
+        config = load_config(server, workers=batch, uploads=batch, interval_s=3600.0)
+        summary = load(config)
+        if summary.accepted != batch:
+            raise RuntimeError(f"filling: {summary.accepted} of {batch} accepted: {summary}")
+        accepted += batch
+        series = summary.series_per_upload
+    return clusters * series
+
+
+def wait_for_quiet_redis(bench: Stack, *, seconds: float = 1.0) -> None:
+    """Let replication and the AOF settle before reading memory."""
+    time.sleep(seconds)
+    with contextlib.suppress(redis.RedisError):
+        for port in bench.primary_ports():
+            with bench.cluster.client(port) as conn:
+                conn.execute_command("MEMORY", "PURGE")
