@@ -201,12 +201,14 @@ async def _upload(rt: Runtime, request: Request) -> Response:
     wait = rt.limited_for(cluster_id)
     if wait > 0:
         raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait))
+    # The body is read before taking an upload slot: a client trickling its body in holds its
+    # connection until --upload-timeout, never a slot (decision 10 bounds the decoding).
+    body = await _read_body(request, limit=s.limit_bytes, seconds=s.upload_timeout)
     try:
         await asyncio.wait_for(rt.upload_slots.acquire(), UPLOAD_SLOT_WAIT_S)
     except TimeoutError as exc:
         raise HTTPProblem(503, "too many uploads in progress", retry_after=1) from exc
     try:
-        body = await _read_body(request, limit=s.limit_bytes, seconds=s.upload_timeout)
         if encoding == "snappy":
             data = snappy.decode_framed(body, max_size=s.uncompressed_limit)
         elif len(body) > s.uncompressed_limit:
