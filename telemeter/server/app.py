@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telemeter.core import snappy
 from telemeter.core.delimited import write_families
-from telemeter.core.errors import TooLarge
+from telemeter.core.errors import InvalidPayload, TelemeterError, TooLarge
 from telemeter.core.exposition import TEXT_CONTENT_TYPE
 from telemeter.core.textparse import parse_text
 from telemeter.core.upload import process
@@ -30,6 +30,7 @@ from telemeter.server.authorizer import AuthorizationDenied, StubAuthorizer
 from telemeter.server.errors import HTTPProblem, install_handlers
 from telemeter.server.metrics import HTTPMetrics
 from telemeter.server.runtime import Runtime
+from telemeter.server.store import StoreUnavailable
 from telemeter.server.tokens import InvalidToken
 
 log = logging.getLogger(__name__)
@@ -151,11 +152,35 @@ def create_external_app(rt: Runtime) -> FastAPI:
     async def upload(request: Request) -> Response:
         try:
             return await _upload(rt, request)
-        except Exception as exc:
-            m.rejects.labels(type(exc).__name__).inc()
+        except TelemeterError as exc:
+            m.rejects.labels(reject_reason(exc)).inc()
             raise
 
     return app
+
+
+_PROBLEM_REASONS = {
+    401: "unauthorized",
+    408: "timeout",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "overloaded",
+}
+
+
+def reject_reason(exc: TelemeterError) -> str:
+    """The ``reason`` label of a refused upload (a small, fixed set of values)."""
+    if isinstance(exc, HTTPProblem):
+        return _PROBLEM_REASONS.get(exc.status, "bad_request")
+    if isinstance(exc, TooLarge):
+        return "too_large"
+    if isinstance(exc, InvalidPayload):
+        return "invalid"
+    if isinstance(exc, InvalidToken):
+        return "unauthorized"
+    if isinstance(exc, StoreUnavailable):
+        return "store_unavailable"
+    return "other"
 
 
 async def _authorize(rt: Runtime, cluster_id: str, token: str) -> str:

@@ -374,3 +374,31 @@ def test_every_key_of_a_cluster_carries_its_hash_tag(
         assert f"{{{cluster_id}}}".encode() in key
         assert key_slot(key) == tag_slot
     assert index not in names  # the shared index holds ids as members, not in key names
+
+
+def rejects(server: ServerHandle) -> dict[str, float]:
+    text = httpx.get(f"{server.internal}/metrics").text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("telemeter_upload_rejects_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            out[reason] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_self_metrics_count_rejects_by_reason(server: ServerHandle) -> None:
+    cluster_id = new_id()
+    jwt = authorize(server, cluster_id)
+    before = rejects(server)
+    assert (
+        upload(server, jwt, BAD_UPLOADS["metric without timestamp"][1](cluster_id)).status_code
+        == 400
+    )
+    assert upload(server, jwt, b"\x00" * (600 * 1024)).status_code == 413
+    assert upload(server, "not-a-jwt", b"").status_code == 401
+    after = rejects(server)
+    for reason in ("invalid", "too_large", "unauthorized"):
+        assert after.get(reason, 0) == before.get(reason, 0) + 1, reason
+    metrics = httpx.get(f"{server.internal}/metrics").text
+    for name in ("http_requests_total", "telemeter_redis_duration_seconds", "telemeter_partitions"):
+        assert name in metrics
