@@ -3,8 +3,9 @@
 The requests are those of the Go client (PROTOCOL.md sections 1-3, checked against the golden
 captures in ``testdata/wire``): same method, path, query and headers (the upload is sent with
 ``Transfer-Encoding: chunked`` and no ``Content-Length``, as the Go client does), with one
-deliberate difference: ``User-Agent`` names this client. Like the Go client we send ``Accept-Encoding: gzip`` and ``Connection: close``: one push every
-4.5 minutes gains nothing from pooled connections, which idle out in between anyway.
+deliberate difference: ``User-Agent`` names this client. Like the Go client we send
+``Accept-Encoding: gzip`` and ``Connection: close``: one push every 4.5 minutes gains nothing
+from pooled connections, which idle out in between anyway.
 
 httpx errors are translated into :mod:`telemeter.client.errors` here, and only here.
 """
