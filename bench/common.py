@@ -81,6 +81,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime and stime: fields 14 and 15
 
 
+def run_and_wait_seconds(pid: int) -> tuple[float, float]:
+    """Seconds a process's main thread ran, and waited runnable for a core (/proc schedstat).
+
+    Over a run, wall time minus both is the time it had nothing to do: a server that never
+    idles is saturated, and its wait shows how much other processes kept it off a core.
+    """
+    ran, waited, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

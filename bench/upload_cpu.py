@@ -30,6 +30,7 @@ from bench.common import (
     median,
     out,
     pin,
+    run_and_wait_seconds,
     stack,
 )
 from telemeter.tools.stack import ServerHandle
@@ -48,6 +49,8 @@ class UploadRun:
     generator_ms_per_upload: float
     uploads_per_s: float
     other_cores: float  # CPU of every other process on the machine during the run, in cores
+    waiting: float  # share of the run the server's main thread waited, runnable, for a core
+    idle: float  # share of the run it had nothing to do
     p50_ms: float
     p99_ms: float
 
@@ -61,11 +64,14 @@ def measure(
     redis_before = sum(cpu_seconds(pid) for pid in redis_pids)
     own_before = time.process_time()
     machine_before = machine_busy_seconds()
+    ran_before, waited_before = run_and_wait_seconds(server.process.pid)
     summary = load(load_config(server, workers=workers, duration_s=seconds, seed=seed))
     own = time.process_time() - own_before
     server_cpu = cpu_seconds(server.process.pid) - server_before
     redis_cpu = sum(cpu_seconds(pid) for pid in redis_pids) - redis_before
     machine = machine_busy_seconds() - machine_before
+    ran, waited = run_and_wait_seconds(server.process.pid)
+    ran, waited = ran - ran_before, waited - waited_before
     accepted = max(summary.accepted, 1)
     return UploadRun(
         accepted=summary.accepted,
@@ -77,6 +83,8 @@ def measure(
         generator_ms_per_upload=own / accepted * 1000,
         uploads_per_s=summary.uploads_per_s,
         other_cores=max(0.0, machine - server_cpu - redis_cpu - own) / summary.elapsed_s,
+        waiting=waited / summary.elapsed_s,
+        idle=max(0.0, 1 - (ran + waited) / summary.elapsed_s),
         p50_ms=summary.latency_ms["p50"],
         p99_ms=summary.latency_ms["p99"],
     )
@@ -96,7 +104,8 @@ def run(*, runs: int, seconds: float, workers: int) -> list[UploadRun]:
                 f"{result.uploads_per_s:.0f} uploads/s, server {result.server_utilization:.0%} "
                 f"of a core, redis {result.redis_ms_per_upload:.3f} ms/upload, generator "
                 f"{result.generator_ms_per_upload:.3f} ms/upload, rejected {result.rejected}, "
-                f"other processes {result.other_cores:.2f} cores"
+                f"other processes {result.other_cores:.2f} cores; server main thread waited for a "
+                f"core {result.waiting:.0%}, idle {result.idle:.0%}"
             )
             results.append(result)
     return results
@@ -113,6 +122,8 @@ def report(results: Sequence[UploadRun]) -> float:
     out(
         f"  throughput {median([r.uploads_per_s for r in results]):.0f} uploads/s, "
         f"server busy {median([r.server_utilization for r in results]):.0%} of its core, "
+        f"main thread waiting for a core {median([r.waiting for r in results]):.0%}, idle "
+        f"{median([r.idle for r in results]):.0%}; "
         f"latency p50 {median([r.p50_ms for r in results]):.1f} ms "
         f"p99 {median([r.p99_ms for r in results]):.1f} ms"
     )

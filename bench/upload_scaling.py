@@ -26,6 +26,7 @@ from bench.common import (
     machine_description,
     median,
     out,
+    run_and_wait_seconds,
     stack,
 )
 from telemeter.tools.benchmark import Summary, run_benchmark
@@ -43,6 +44,8 @@ class ScalingRun:
     generator_cores: float
     other_cores: float
     rejected: int
+    waiting: float  # share of the run the servers' main threads waited for a core (mean)
+    idle: float  # share of the run they had nothing to do (mean)
 
 
 async def _load_all(
@@ -61,6 +64,7 @@ def measure(
     pids = [s.process.pid for s in servers]
     redis_pids = bench.redis_pids()
     before = [cpu_seconds(p) for p in pids], sum(cpu_seconds(p) for p in redis_pids)
+    sched = [run_and_wait_seconds(p) for p in pids]
     own, machine, wall = time.process_time(), machine_busy_seconds(), time.monotonic()
     summaries = asyncio.run(_load_all(servers, workers=workers, seconds=seconds))
     wall = time.monotonic() - wall
@@ -69,6 +73,8 @@ def measure(
     server_cpu = sum(cpu_seconds(p) - b for p, b in zip(pids, before[0], strict=True))
     redis_cpu = sum(cpu_seconds(p) for p in redis_pids) - before[1]
     accepted = sum(s.accepted for s in summaries)
+    ran = sum(run_and_wait_seconds(p)[0] - s[0] for p, s in zip(pids, sched, strict=True))
+    waited = sum(run_and_wait_seconds(p)[1] - s[1] for p, s in zip(pids, sched, strict=True))
     return ScalingRun(
         servers=len(servers),
         uploads_per_s=accepted / max(s.elapsed_s for s in summaries),
@@ -77,6 +83,8 @@ def measure(
         generator_cores=own / wall,
         other_cores=max(0.0, machine - server_cpu - redis_cpu - own) / wall,
         rejected=sum(s.attempts - s.accepted for s in summaries),
+        waiting=waited / wall / len(pids),
+        idle=max(0.0, 1 - (ran + waited) / wall / len(pids)),
     )
 
 
@@ -95,7 +103,8 @@ def run(*, runs: int, seconds: float, workers: int) -> list[ScalingRun]:
                     f"  run {i + 1}, {count} server(s): {result.uploads_per_s:.0f} uploads/s; "
                     f"cores used: servers {result.server_cores:.2f}, redis "
                     f"{result.redis_cores:.2f}, generator {result.generator_cores:.2f}, other "
-                    f"processes {result.other_cores:.2f}; rejected {result.rejected}"
+                    f"processes {result.other_cores:.2f}; servers waited for a core "
+                    f"{result.waiting:.0%}, idle {result.idle:.0%}; rejected {result.rejected}"
                 )
                 results.append(result)
     return results
@@ -114,7 +123,9 @@ def report(results: Sequence[ScalingRun]) -> float:
             f"{median([r.server_cores for r in rs]):.2f}, redis "
             f"{median([r.redis_cores for r in rs]):.2f}, generator "
             f"{median([r.generator_cores for r in rs]):.2f}, other "
-            f"{median([r.other_cores for r in rs]):.2f}; busy {total:.2f} of {CORES}"
+            f"{median([r.other_cores for r in rs]):.2f}; busy {total:.2f} of {CORES}; servers "
+            f"waited for a core {median([r.waiting for r in rs]):.0%}, idle "
+            f"{median([r.idle for r in rs]):.0%}"
         )
     ratio = rate[2] / rate[1]
     out(f"scaling: two servers / one = {ratio:.2f} x the uploads/s")

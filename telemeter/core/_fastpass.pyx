@@ -175,15 +175,90 @@ def crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2):
     return tm_crc32_combine(crc1, crc2, len2)
 
 
-def crc32_concat(list parts):
-    """CRC-32 and total length of the concatenation of parts given as (crc, length) pairs."""
-    cdef uint32_t crc = 0
-    cdef uint64_t total = 0, n
-    for part_crc, part_len in parts:
-        n = part_len
-        crc = tm_crc32_combine(crc, part_crc, n)
-        total += n
-    return crc, total
+cdef inline uint32_t be32(const uint8_t *p):
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline uint64_t be64(const uint8_t *p):
+    return (<uint64_t>be32(p) << 32) | be32(p + 4)
+
+
+def merge_snapshots(list values, int64_t oldest_ms, bytes magic):
+    """Group the deflate segments of stored snapshots per family (telemeter.server.snapshot).
+
+    Returns ``(families, clusters, series, corrupt, conflicts)`` where ``families`` maps a family
+    name to ``[kind, segments, crc, size]``: its segments in cluster order and the CRC-32 and
+    length of their concatenated text. Snapshots pushed before ``oldest_ms`` are skipped; values
+    that do not parse are counted in ``corrupt``. Type conflicts follow ``snapshot.merge``.
+    """
+    cdef dict families = {}
+    cdef Py_ssize_t clusters = 0, series = 0, corrupt = 0, conflicts = 0
+    cdef Py_ssize_t n, pos, name_len, seg_len, i, count
+    cdef const uint8_t *d
+    cdef uint32_t crc, size
+    cdef int kind, have
+    cdef list entry
+    cdef bytes value
+    for value in values:
+        d = <const uint8_t *>PyBytes_AS_STRING(value)
+        n = PyBytes_GET_SIZE(value)
+        # header: magic (3) | push time (8) | series (4) | family count (2)
+        if n < 17 or memcmp(d, PyBytes_AS_STRING(magic), 3) != 0:
+            corrupt += 1
+            continue
+        if <int64_t>be64(d + 3) < oldest_ms:
+            continue
+        count = (d[15] << 8) | d[16]
+        # First check that the whole value parses, so a corrupt one contributes nothing.
+        pos = 17
+        for i in range(count):
+            if pos + 3 > n:
+                break
+            name_len = (d[pos + 1] << 8) | d[pos + 2]
+            pos += 3 + name_len
+            if pos + 12 > n:
+                pos = n + 1
+                break
+            seg_len = be32(d + pos)
+            pos += 12 + seg_len
+        else:
+            i = count
+        if i != count or pos != n:
+            corrupt += 1
+            continue
+        clusters += 1
+        series += be32(d + 11)
+        pos = 17
+        for i in range(count):
+            kind = d[pos]
+            name_len = (d[pos + 1] << 8) | d[pos + 2]
+            name = PyUnicode_DecodeUTF8(<const char *>d + pos + 3, name_len, "replace")
+            pos += 3 + name_len
+            seg_len = be32(d + pos)
+            crc = be32(d + pos + 4)
+            size = be32(d + pos + 8)
+            pos += 12
+            segment = PyBytes_FromStringAndSize(<const char *>d + pos, seg_len)
+            pos += seg_len
+            entry = families.get(name)
+            if entry is None:
+                families[name] = [kind, [segment], crc, size]
+                continue
+            have = entry[0]
+            if have != kind:
+                if _simple(have) and _simple(kind):
+                    entry[0] = 3  # untyped
+                else:
+                    conflicts += 1
+                    continue
+            entry[1].append(segment)
+            entry[2] = tm_crc32_combine(entry[2], crc, size)
+            entry[3] = entry[3] + size
+    return families, clusters, series, corrupt, conflicts
+
+
+cdef inline bint _simple(int kind):
+    return kind == 0 or kind == 1 or kind == 3  # counter, gauge, untyped
 
 
 DEF COUNTER = 0

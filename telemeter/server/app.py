@@ -336,20 +336,13 @@ async def _merged(rt: Runtime) -> snapshot.Merged:
     now_ms = int(time.time() * 1000)
     # Only the ranges this pod holds a live lease for (ARCHITECTURE.md decision 5, I1).
     values = await rt.store.load_snapshots(sorted(rt.ring.owned_ranges()), now_ms=now_ms)
-    oldest = now_ms - int(rt.settings.ttl * 1000)
-    snaps: list[snapshot.Snapshot] = []
-    for value in values:
-        try:
-            snap = snapshot.decode(value)
-        except snapshot.CorruptSnapshot as exc:
-            rt.metrics.corrupt.inc()
-            log.warning("skipping a corrupt snapshot error=%s", exc)
-            continue
-        if snap.push_time_ms >= oldest:  # never serve older than --ttl, whatever the key's TTL
-            snaps.append(snap)
-    merged = snapshot.merge(snaps)
+    # Never serve older than --ttl, whatever the key's own TTL says.
+    merged = snapshot.merge(values, oldest_ms=now_ms - int(rt.settings.ttl * 1000))
     m = rt.metrics
     m.partitions.set(merged.clusters)
     m.federated_series.set(merged.series)
     m.federate_conflicts.inc(merged.conflicts)
+    if merged.corrupt:
+        m.corrupt.inc(merged.corrupt)
+        log.warning("skipped corrupt snapshots count=%d", merged.corrupt)
     return merged

@@ -23,11 +23,11 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from isal import isal_zlib
 
-from telemeter.core import metrics_pb2
-from telemeter.core._fastpass import crc32_concat
+from telemeter.core._fastpass import crc32_combine, merge_snapshots
 from telemeter.core.errors import TelemeterError
 from telemeter.core.exposition import TYPE_NAMES, escape_label_value, format_value
 
@@ -41,9 +41,6 @@ RAW_DEFLATE = -15
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
 FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed Huffman codes
 PUSH_TIME_FAMILY = "telemeter_push_time_seconds"
-# Sample lines of these types have one shape (`name{...} value ts`), so they can share a family
-# under `untyped` when clusters disagree on the type.
-_SIMPLE = {metrics_pb2.COUNTER, metrics_pb2.GAUGE, metrics_pb2.UNTYPED}
 
 
 class CorruptSnapshot(TelemeterError):
@@ -145,37 +142,30 @@ def decode(value: bytes) -> Snapshot:
 
 @dataclass(slots=True)
 class Merged:
-    """Snapshots grouped per family, ready to be written as one exposition."""
+    """Snapshots grouped per family, ready to be written as one exposition.
 
-    families: dict[str, tuple[int, list[Segment]]] = field(default_factory=dict)
+    ``families`` maps a name to ``[kind, segments, crc, size]``: the family's deflate segments in
+    cluster order, and the CRC-32 and length of their concatenated text.
+    """
+
+    families: dict[str, list[Any]] = field(default_factory=dict)
     clusters: int = 0
     series: int = 0
+    corrupt: int = 0
     conflicts: int = 0
 
 
-def merge(snapshots: Iterable[Snapshot]) -> Merged:
-    """Group the families of many clusters by name, so each name is written once.
+def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
+    """Group the families of many stored snapshots by name, so each name is written once.
 
-    When clusters disagree on a family's type: counters, gauges and untyped families are served
-    together as ``untyped``; otherwise the segments whose type differs from the first one seen are
-    left out and counted in ``conflicts`` (the text would not be valid with both).
+    Runs compiled (`_fastpass.merge_snapshots`): there is no Python work per family per cluster.
+    Snapshots pushed before ``oldest_ms`` are left out; values that do not parse are counted in
+    ``corrupt``. When clusters disagree on a family's type: counters, gauges and untyped families
+    are served together as ``untyped``; otherwise the segments whose type differs from the first
+    one seen are left out and counted in ``conflicts`` (the text would not be valid with both).
     """
-    merged = Merged()
-    for snap in snapshots:
-        merged.clusters += 1
-        merged.series += snap.series
-        for fam in snap.families:
-            entry = merged.families.get(fam.name)
-            if entry is None:
-                merged.families[fam.name] = (fam.kind, [fam.segment])
-            elif entry[0] == fam.kind:
-                entry[1].append(fam.segment)
-            elif entry[0] in _SIMPLE and fam.kind in _SIMPLE:
-                merged.families[fam.name] = (metrics_pb2.UNTYPED, entry[1])
-                entry[1].append(fam.segment)
-            else:
-                merged.conflicts += 1
-    return merged
+    families, clusters, series, corrupt, conflicts = merge_snapshots(values, oldest_ms, MAGIC)
+    return Merged(families, clusters, series, corrupt, conflicts)
 
 
 def _type_line(name: str, kind: int) -> bytes:
@@ -199,17 +189,17 @@ def _type_segment(name: str, kind: int) -> Segment:
 def write_gzip(merged: Merged) -> Iterator[bytes]:
     """The merged exposition as one gzip member: stored segments, no compression work."""
     yield GZIP_HEADER
-    parts: list[tuple[int, int]] = []
-    for name, (kind, segments) in merged.families.items():
+    crc, size = 0, 0
+    for name, (kind, segments, fam_crc, fam_size) in merged.families.items():
         head = _type_segment(name, kind)
-        parts.append((head.crc, head.size))
-        parts += [(s.crc, s.size) for s in segments]
-        yield head.data + b"".join(s.data for s in segments)
-    crc, size = crc32_concat(parts)
+        crc = crc32_combine(crc32_combine(crc, head.crc, head.size), fam_crc, fam_size)
+        size += head.size + fam_size
+        yield head.data + b"".join(segments)
     yield FINAL_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
 def write_plain(merged: Merged) -> Iterator[bytes]:
-    """The merged exposition as plain text (inflating the stored segments)."""
-    for name, (kind, segments) in merged.families.items():
-        yield _type_line(name, kind) + b"".join(inflate(s) for s in segments)
+    """The merged exposition as plain text: a family's segments inflate as one deflate stream."""
+    for name, (kind, segments, _, _) in merged.families.items():
+        text = isal_zlib.decompress(b"".join(segments) + FINAL_BLOCK, wbits=RAW_DEFLATE)
+        yield _type_line(name, kind) + text

@@ -20,12 +20,12 @@ GAUGE, COUNTER, SUMMARY, HISTOGRAM = (
 )
 
 
-def snap(cluster: str, families: dict[str, int], push: int = 1000) -> snapshot.Snapshot:
+def snap(cluster: str, families: dict[str, int], push: int = 1000) -> bytes:
     items = [
         (name, kind, f'{name}{{_id="{cluster}"}} 1 {push}\n'.encode())
         for name, kind in families.items()
     ]
-    return snapshot.decode(snapshot.encode(push, len(items), items))
+    return snapshot.encode(push, len(items), items)
 
 
 def test_encode_decode_round_trip() -> None:
@@ -67,6 +67,15 @@ def test_type_conflicts() -> None:
     complex_ = snapshot.merge([snap("x", {"m": SUMMARY}), snap("y", {"m": HISTOGRAM})])
     assert complex_.families["m"][0] == SUMMARY and len(complex_.families["m"][1]) == 1
     assert complex_.conflicts == 1
+
+
+def test_merge_skips_old_and_corrupt_values_whole() -> None:
+    good, old = snap("x", {"a": GAUGE}, push=5000), snap("y", {"a": GAUGE}, push=1000)
+    corrupt = [b"", b"XX", good[:-3], good + b"!", b"TM2" + good[3:20]]
+    merged = snapshot.merge([good, old, *corrupt], oldest_ms=2000)
+    assert (merged.clusters, merged.corrupt) == (1, len(corrupt))
+    assert b"".join(snapshot.write_plain(merged)) == b'# TYPE a gauge\na{_id="x"} 1 5000\n'
+    assert merged.series == 1
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,0 +1,61 @@
+"""``python -m bench`` (``make bench``): every benchmark, then the figures against their targets.
+
+    python -m bench [--quick] [--no-profiles]
+
+``--quick`` runs fewer and shorter rounds (a smoke run, not figures to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+from bench import federate, profiles, redis_memory, upload_cpu, upload_scaling
+from bench.common import machine_description, out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the four benchmarks (and the profiles) and print a summary of the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    parser.add_argument("--no-profiles", action="store_true", help="skip the profiles")
+    args = parser.parse_args(argv)
+    runs, seconds = (2, 3.0) if args.quick else (5, 8.0)
+    began = time.monotonic()
+    out(f"machine: {machine_description()}")
+
+    out("\n== 1. upload: server CPU per accepted upload at saturation ==")
+    upload = upload_cpu.report(upload_cpu.run(runs=runs, seconds=seconds, workers=16))
+
+    out("\n== 2. /federate: 1000 clusters of the standard payload, one pod ==")
+    results, series, rss = federate.run(runs=runs, clusters=1000)
+    latency = federate.report(results, series, 1000)
+    out("  server RSS: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in rss.items()))
+
+    out("\n== 3. Redis memory per stored series; server RSS as clusters grow ==")
+    steps = [250, 500, 1000] if args.quick else [250, 500, 1000, 2000]
+    memory = redis_memory.report(redis_memory.run(runs=min(runs, 3), steps=steps))
+
+    out("\n== 4. upload throughput: two server processes against one ==")
+    ratio = upload_scaling.report(
+        upload_scaling.run(runs=min(runs, 3), seconds=seconds, workers=16)
+    )
+
+    if not args.no_profiles:
+        out("\n== profiles ==")
+        profiles.main(["--seconds", str(seconds)])
+
+    out("\n== summary ==")
+    out(f"  upload CPU      {upload:.3f} ms/upload   (target <= 0.6, Go 1.84)")
+    out(
+        f"  /federate       plain {latency['plain']:.3f} s, gzip {latency['gzip']:.3f} s   "
+        "(target <= 0.1, Go 0.97)"
+    )
+    out(f"  Redis memory    {memory:.1f} B/series   (target <= 40)")
+    out(f"  2 servers / 1   {ratio:.2f} x uploads/s")
+    out(f"  took {time.monotonic() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Tests of how operators run telemeter: image, Compose, Helm chart, ring status page."""
