@@ -8,6 +8,7 @@ ranges reads only their index keys (the ring, decision 5, hands out the same ran
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -72,9 +73,22 @@ def cluster_range(cluster_id: str) -> int:
     return range_of_slot(key_slot(snapshot_key(cluster_id).encode()))
 
 
+@functools.cache
+def _index_tag(range_id: int) -> str:
+    # The first tag whose hash slot falls inside the range: the index then lives on the primary
+    # that holds (most of) the range's clusters, so losing another primary does not block it.
+    n = 0
+    while range_of_slot(key_slot(f"{PREFIX}-index-{range_id}-{n}".encode())) != range_id:
+        n += 1
+    return f"{PREFIX}-index-{range_id}-{n}"
+
+
 def index_key(range_id: int) -> str:
-    """The sorted set of cluster IDs stored in one range (score: last write, ms)."""
-    return f"{PREFIX}:index:{{{PREFIX}-index-{range_id}}}"
+    """The sorted set of cluster IDs stored in one range (score: last write, ms).
+
+    Its hash tag is chosen so that the key's slot is inside the range itself.
+    """
+    return f"{PREFIX}:index:{{{_index_tag(range_id)}}}"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from telemeter.core.delimited import check_upb
 from telemeter.server.app import create_external_app, create_internal_app
@@ -23,6 +24,49 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5
 
 
+class _HeadTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol plus a deadline for the request head.
+
+    uvicorn has no timeout for a request whose head never completes (its keep-alive timer is
+    cancelled by the first byte), so a client sending half a header would hold its connection
+    forever. The head must now arrive within ``head_timeout_s`` (``--upload-timeout``) of the
+    connection or of the request's first byte.
+    """
+
+    head_timeout_s = 30.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_expired)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        if not self.transport.is_closing():
+            log.info("closing a connection whose request head did not arrive in time")
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to `serve` (two servers share one loop)."""
 
@@ -31,13 +75,19 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: object, address: str, crt: Path | None, key: Path | None) -> uvicorn.Config:
+def _config(
+    app: object, address: str, crt: Path | None, key: Path | None, *, head_timeout_s: float
+) -> uvicorn.Config:
     host, port = parse_listen_address(address)
+    protocol = type(
+        "HeadTimeoutProtocol", (_HeadTimeoutProtocol,), {"head_timeout_s": head_timeout_s}
+    )
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
         lifespan="off",
+        http=protocol,
         access_log=False,
         log_level="warning",
         server_header=False,
@@ -55,7 +105,11 @@ async def serve(settings: ServerSettings) -> None:
         servers = [
             _Server(
                 _config(
-                    create_external_app(rt), settings.listen, settings.tls_crt, settings.tls_key
+                    create_external_app(rt),
+                    settings.listen,
+                    settings.tls_crt,
+                    settings.tls_key,
+                    head_timeout_s=settings.upload_timeout,
                 )
             ),
             _Server(
@@ -64,6 +118,7 @@ async def serve(settings: ServerSettings) -> None:
                     settings.listen_internal,
                     settings.internal_tls_crt,
                     settings.internal_tls_key,
+                    head_timeout_s=settings.upload_timeout,
                 )
             ),
         ]

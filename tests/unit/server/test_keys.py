@@ -34,6 +34,8 @@ def test_tokens_are_not_stored_in_key_names() -> None:
     assert "secret-token" not in keys.auth_key("c", "secret-token")
 
 
-def test_index_keys_are_distinct_per_range() -> None:
+def test_index_keys_are_distinct_and_inside_their_range() -> None:
     assert len({keys.index_key(r) for r in range(keys.RANGES)}) == keys.RANGES
     assert keys.RANGES * keys.SLOTS_PER_RANGE == keys.SLOTS
+    for r in range(keys.RANGES):
+        assert keys.range_of_slot(key_slot(keys.index_key(r).encode())) == r

@@ -1,0 +1,384 @@
+"""helm/telemeter: linted and rendered by the real Helm library (helm-python-sdk, Helm v4).
+
+Rendered with the default values and with non-default ones (three replicas and an HPA,
+ServiceMonitors, existing Secrets, the optional client), every core manifest is validated
+against the Kubernetes schemas (kubernetes-validate) of the oldest supported and the newest
+Kubernetes. The Deployments are checked against the real programs: their command lines are
+parsed by the server's and client's argument parsers, their env vars must be server settings,
+their ports must be the listeners those flags open, and the probe and scrape paths must be
+routes of the app behind that port.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import helm_python as helm
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from telemeter.client.settings import build_parser as client_parser
+from telemeter.client.settings import settings_from_args
+from telemeter.server.app import create_external_app, create_internal_app
+from telemeter.server.main import SHUTDOWN_GRACE_S
+from telemeter.server.runtime import Runtime
+from telemeter.server.settings import ServerSettings
+from telemeter.server.settings import build_parser as server_parser
+from telemeter.server.tokens import load_signing_key
+from telemeter.tools.authorization_server import parse_listen_address
+from telemeter.tools.prometheus import federate_scrape_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "telemeter"
+RELEASE, NAMESPACE = "tm", "telemetry"
+FULLNAME = f"{RELEASE}-telemeter"
+OLDEST_KUBERNETES = "1.27.0"  # Chart.yaml kubeVersion
+OPERATOR_API = "monitoring.coreos.com/v1"
+# Target labels the Prometheus Operator attaches: none may reach a federated series.
+OPERATOR_TARGET_LABELS = ("pod", "namespace", "service", "container", "endpoint")
+
+NON_DEFAULT: dict[str, Any] = {
+    "replicaCount": 3,
+    "autoscaling": {"enabled": True, "maxReplicas": 12, "targetCPUUtilizationPercentage": 60},
+    "image": {"repository": "registry.example.com/telemeter", "tag": "0.1.0-1"},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "networkPolicy": {
+        "monitoringNamespace": "openshift-monitoring",
+        "monitoringPodLabels": {"app.kubernetes.io/name": "prometheus"},
+        "externalFrom": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+    },
+    "redis": {
+        "url": "redis://rc-redis-cluster-0.rc-redis-cluster-headless:6379,"
+        "redis://rc-redis-cluster-1.rc-redis-cluster-headless:6379",
+        "existingSecret": "rc-redis-cluster",
+    },
+    "signingKey": {"existingSecret": "telemeter-signing", "existingSecretKey": "key.pem"},
+    "server": {
+        "authorizeURL": "https://api.example.com/api/accounts_mgmt/v1/cluster_registrations",
+        "whitelist": ['{__name__="up"}', '{__name__=~"cluster_version|alerts"}'],
+        "labels": {"region": "eu-1"},
+        "requiredLabels": {"env": "prod"},
+        "verbose": True,
+        "extraArgs": ["--limit-series=20000"],
+        "ring": {"heartbeatSeconds": 1, "leaseSeconds": 6},
+        "preStopSleepSeconds": 3,
+        "terminationGracePeriodSeconds": 20,
+        "externalPort": 8443,
+        "internalPort": 8444,
+    },
+    "service": {"type": "LoadBalancer", "port": 443},
+    "client": {
+        "enabled": True,
+        "id": "cluster-a",
+        "from": "https://prometheus-k8s.openshift-monitoring.svc:9091",
+        "fromServiceAccountToken": True,
+        "token": "long-lived-token",
+        "matches": ['{__name__="up"}', '{__name__="ALERTS",alertstate="firing"}'],
+        "anonymizeLabels": ["instance", "pod"],
+        "anonymizeSalt": "salt",
+    },
+}
+VALUES = {"default": None, "non-default": NON_DEFAULT}
+
+
+@cache
+def _render(which: str) -> tuple[dict[str, Any], ...]:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(VALUES[which], name=RELEASE, namespace=NAMESPACE)
+    docs = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith(".yaml"):
+            docs += [doc for doc in yaml.safe_load_all(text) if doc]
+    return tuple(docs)
+
+
+def _kind(which: str, kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in _render(which) if doc["kind"] == kind]
+
+
+def _one(which: str, kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in _kind(which, kind) if d["metadata"]["name"] == name]
+    return doc
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _port(container: dict[str, Any], name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    return int(port)
+
+
+def _server_settings(container: dict[str, Any]) -> ServerSettings:
+    assert container["command"] == ["telemeter-server"]
+    try:
+        flags = vars(server_parser().parse_args(container["args"]))
+    except SystemExit:
+        pytest.fail(f"telemeter-server refuses {container['args']} (see stderr)")
+    env = {}
+    for var in container.get("env", []):
+        field = var["name"].removeprefix("TELEMETER_").lower()
+        assert var["name"].startswith("TELEMETER_") and field in ServerSettings.model_fields, var
+        if "value" in var:
+            env[field] = var["value"]
+    return ServerSettings(**(env | flags))
+
+
+@cache
+def _routes(listener: str) -> frozenset[str]:
+    """The paths the server's external or internal app routes (a Runtime does no I/O to build)."""
+    rt = Runtime(ServerSettings(name="routes"))
+    app = create_external_app(rt) if listener == "external" else create_internal_app(rt)
+    return frozenset(str(getattr(route, "path", "")) for route in app.routes)
+
+
+def _dockerfile_user() -> int:
+    (user,) = re.findall(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    return int(user)
+
+
+def _camel(config: dict[str, Any]) -> dict[str, Any]:
+    """A Prometheus relabel config with the Prometheus Operator's field names."""
+    return {re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): v for k, v in config.items()}
+
+
+@pytest.fixture(autouse=True)
+def _no_telemeter_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in os.environ:
+        if key.startswith("TELEMETER_"):
+            monkeypatch.delenv(key)
+
+
+# ----- lint and Kubernetes schemas --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", list(VALUES))
+def test_lint_is_clean(which: str) -> None:
+    report = helm.lint(CHART, VALUES[which], strict=True, namespace=NAMESPACE)
+    assert report["messages"] == [] and report["errors"] == [], report
+
+
+@pytest.mark.parametrize("which", list(VALUES))
+def test_every_core_manifest_is_valid_kubernetes(which: str) -> None:
+    kinds = set()
+    for doc in _render(which):
+        kinds.add(doc["kind"])
+        if doc["apiVersion"] == OPERATOR_API:
+            continue  # a CRD, not in the Kubernetes schemas: checked field by field below
+        for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+            kubernetes_validate.validate(doc, version, strict=True)
+    expected = {"Deployment", "Service", "Secret", "ServiceAccount", "NetworkPolicy"}
+    expected |= {"PodDisruptionBudget"}
+    if which == "non-default":
+        expected |= {"HorizontalPodAutoscaler", "ServiceMonitor"}
+    assert expected <= kinds
+
+
+def test_chart_kube_version_is_the_oldest_validated() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST_KUBERNETES}-0"
+    assert (
+        chart["appVersion"]
+        == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    )
+
+
+# ----- the server Deployment against the real server --------------------------------------------
+
+
+@pytest.mark.parametrize("which", list(VALUES))
+def test_server_deployment_matches_the_real_flags_ports_and_routes(which: str) -> None:
+    deployment = _one(which, "Deployment", FULLNAME)
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    s = _server_settings(container)
+    assert _port(container, "http") == parse_listen_address(s.listen)[1]
+    assert _port(container, "internal") == parse_listen_address(s.listen_internal)[1]
+    assert parse_listen_address(s.listen)[0] == parse_listen_address(s.listen_internal)[0]
+    assert s.whitelist_rules(), "without a whitelist the server keeps nothing"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        listener = {"http": "external", "internal": "internal"}[get["port"]]
+        assert get["path"] in _routes(listener), f"{probe}: {get['path']} is not served"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The pod is killed only after it released its ring leases and drained its listeners.
+    sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > sleep + s.ring_lease + SHUTDOWN_GRACE_S
+    # The signing key is the Secret's file.
+    assert s.shared_key is not None
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (key_volume,) = [v for v in pod["volumes"] if v["name"] == "signing-key"]
+    (item,) = key_volume["secret"]["items"]
+    assert str(s.shared_key) == f"{mounts['signing-key']}/{item['path']}"
+    # A restricted pod, as the image's own user, on a read-only root filesystem.
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == _dockerfile_user()
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "/tmp" in mounts.values()
+    assert container["resources"]["requests"]["cpu"]  # the HPA scales on CPU requests
+
+
+def test_non_default_values_reach_the_server() -> None:
+    s = _server_settings(_container(_one("non-default", "Deployment", FULLNAME)))
+    server = NON_DEFAULT["server"]
+    assert s.authorize == server["authorizeURL"] and s.whitelist == server["whitelist"]
+    assert s.label == ["region=eu-1"] and s.required_label == ["env=prod"]
+    assert (s.ring_heartbeat, s.ring_lease) == (1.0, 6.0) and s.verbose == 1
+    assert s.limit_series == 20000
+    assert s.redis_url == NON_DEFAULT["redis"]["url"]
+    env = {v["name"]: v for v in _container(_one("non-default", "Deployment", FULLNAME))["env"]}
+    assert env["TELEMETER_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rc-redis-cluster",
+        "key": "redis-password",
+    }
+    assert not [d for d in _kind("non-default", "Secret") if "signing" in d["metadata"]["name"]]
+
+
+def test_default_signing_key_is_generated_and_loadable() -> None:
+    secret = _one("default", "Secret", f"{FULLNAME}-signing-key")
+    pem = base64.b64decode(secret["data"]["signing-key.pem"])
+    assert load_signing_key(pem).algorithm == "ES256"
+
+
+def test_replicas_and_autoscaling() -> None:
+    assert _one("default", "Deployment", FULLNAME)["spec"]["replicas"] == 3
+    assert not _kind("default", "HorizontalPodAutoscaler")
+    deployment = _one("non-default", "Deployment", FULLNAME)
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count
+    hpa = _one("non-default", "HorizontalPodAutoscaler", FULLNAME)["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": FULLNAME,
+    }
+    (metric,) = hpa["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
+
+
+@pytest.mark.parametrize("which", list(VALUES))
+def test_services_pdb_and_network_policy_select_the_server_pods(which: str) -> None:
+    deployment = _one(which, "Deployment", FULLNAME)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    names = {p["name"] for p in _container(deployment)["ports"]}
+    external = _one(which, "Service", FULLNAME)["spec"]
+    internal = _one(which, "Service", f"{FULLNAME}-internal")["spec"]
+    for spec, target in ((external, "http"), (internal, "internal")):
+        assert spec["selector"].items() <= pod_labels.items()
+        assert [p["targetPort"] for p in spec["ports"]] == [target] and target in names
+    assert internal["clusterIP"] == "None"  # every pod is its own scrape target
+    pdb = _one(which, "PodDisruptionBudget", FULLNAME)["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    policy = _one(which, "NetworkPolicy", FULLNAME)["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    rules = {rule["ports"][0]["port"]: rule for rule in policy["ingress"]}
+    assert set(rules) == {"http", "internal"}
+    (peer,) = rules["internal"]["from"]
+    namespace = (VALUES[which] or {}).get("networkPolicy", {}).get("monitoringNamespace")
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": namespace or "monitoring"
+    }
+
+
+# ----- ServiceMonitors: the recommended scrape configuration -----------------------------------
+
+
+def test_federate_service_monitor_keeps_pod_labels_off_federated_series() -> None:
+    monitor = _one("non-default", "ServiceMonitor", f"{FULLNAME}-federate")
+    assert monitor["apiVersion"] == OPERATOR_API
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    internal = _one("non-default", "Service", f"{FULLNAME}-internal")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= internal["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in internal["spec"]["ports"]}
+    assert endpoint["path"] == "/federate" and endpoint["path"] in _routes("internal")
+    assert endpoint["honorLabels"] is True
+    recommended = federate_scrape_config(["unused:1"])
+    mark_instance, drop_pod = recommended["relabel_configs"]
+    relabelings = endpoint["relabelings"]
+    assert relabelings[0] == _camel(mark_instance)
+    (drop,) = [r for r in relabelings if r.get("action") == "labeldrop"]
+    assert re.fullmatch(drop["regex"], drop_pod["regex"])
+    for label in OPERATOR_TARGET_LABELS:
+        assert re.fullmatch(drop["regex"], label), f"{label} would reach federated series"
+    for kept in ("_id", "job", "instance", "__address__"):
+        assert not re.fullmatch(drop["regex"], kept), f"{kept} must not be dropped"
+    assert endpoint["metricRelabelings"] == [
+        _camel(c) for c in recommended["metric_relabel_configs"]
+    ]
+
+
+def test_self_metrics_service_monitor_is_an_ordinary_scrape() -> None:
+    monitor = _one("non-default", "ServiceMonitor", FULLNAME)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["path"] in _routes("internal")
+    assert "honorLabels" not in endpoint and "relabelings" not in endpoint
+    assert not _kind("default", "ServiceMonitor")  # needs the operator's CRDs: opt-in
+
+
+# ----- the optional client ----------------------------------------------------------------------
+
+
+def test_client_deployment_parses_and_pushes_to_the_release() -> None:
+    assert not [d for d in _kind("default", "Deployment") if d["metadata"]["name"] != FULLNAME]
+    deployment = _one("non-default", "Deployment", f"{FULLNAME}-client")
+    assert deployment["spec"]["replicas"] == 1
+    container = _container(deployment)
+    assert container["command"] == ["telemeter-client"]
+    try:
+        settings = settings_from_args(client_parser().parse_args(container["args"]))
+    except SystemExit:
+        pytest.fail(f"telemeter-client refuses {container['args']} (see stderr)")
+    client = NON_DEFAULT["client"]
+    assert settings.cluster_id == client["id"] and settings.matches == tuple(client["matches"])
+    assert settings.anonymize_labels == ("instance", "pod")
+    upload = urlsplit(settings.upload_url)
+    assert upload.hostname == f"{FULLNAME}.{NAMESPACE}.svc"
+    assert upload.port == _one("non-default", "Service", FULLNAME)["spec"]["ports"][0]["port"]
+    assert settings.listen is not None and settings.listen[1] == _port(container, "http")
+    secret = _one("non-default", "Secret", f"{FULLNAME}-client")
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "secrets"]
+    for path in (settings.to_token_file, settings.anonymize_salt_file):
+        assert path is not None and path.parent == Path(mount["mountPath"])
+        assert path.name in secret["data"]
+    token_file = settings.to_token_file
+    assert token_file is not None
+    assert base64.b64decode(secret["data"][token_file.name]) == b"long-lived-token"
+
+
+# ----- values the chart refuses -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"replicaCount": "three"}, "replicaCount"),
+        ({"sever": {}}, "sever"),
+        ({"server": {"ttl": "ten minutes"}}, "ttl"),
+        ({"server": {"terminationGracePeriodSeconds": 12}}, "ring leases"),
+        ({"server": {"ring": {"heartbeatSeconds": 4, "leaseSeconds": 6}}}, "twice"),
+        ({"client": {"enabled": True, "from": "http://p:9090", "token": "t"}}, "client.id"),
+    ],
+)
+def test_values_the_chart_refuses(values: dict[str, Any], error: str) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError, match=error):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
