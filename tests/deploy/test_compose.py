@@ -185,7 +185,9 @@ def test_server_command_lines_parse_and_agree_with_the_rest_of_the_file(
         authorize = urlsplit(s.authorize or "")
         assert authorize.hostname == "authorization-server"
         assert authorize.port == _port(stand_in["command"][1])
-        assert [p.split(":")[-1] for p in service["ports"]] == [str(external)]
+        published = {int(p.split(":")[-1]): p for p in service["ports"]}
+        assert set(published) == {external, internal}
+        assert published[internal].startswith("127.0.0.1:"), "the internal port is not public"
         probe = service["healthcheck"]["test"][-1]
         assert f"http://127.0.0.1:{internal}/healthz/ready" in probe
         assert "telemeter-server" in service["networks"]["telemeter"]["aliases"]
