@@ -327,7 +327,7 @@ def create_internal_app(rt: Runtime) -> FastAPI:
     return app
 
 
-async def _stream(parts: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def _stream(parts: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
     for part in parts:
         yield part
 

@@ -199,7 +199,7 @@ def write_gzip(merged: Merged) -> Iterator[bytes]:
     yield FINAL_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
-def write_plain(merged: Merged) -> Iterator[bytes]:
+def write_plain(merged: Merged) -> Iterator[bytes | memoryview]:
     """The merged exposition as plain text: a family's segments inflate as one deflate stream.
 
     libdeflate inflates about three times faster than zlib or ISA-L here, and the exact output
@@ -207,4 +207,5 @@ def write_plain(merged: Merged) -> Iterator[bytes]:
     """
     for name, (kind, segments, _, size) in merged.families.items():
         yield _type_line(name, kind)
-        yield deflate.deflate_decompress(b"".join(segments) + FINAL_BLOCK, size)
+        # A view of libdeflate's bytearray: the ASGI server sends it without a copy.
+        yield memoryview(deflate.deflate_decompress(b"".join(segments) + FINAL_BLOCK, size))

@@ -30,10 +30,13 @@ import yaml
 from telemeter.client.settings import build_parser as client_parser
 from telemeter.client.settings import load_runtime, settings_from_args
 from telemeter.core.durations import parse_duration
+from telemeter.core.textparse import parse_text
 from telemeter.server.main import SHUTDOWN_GRACE_S
 from telemeter.server.settings import ServerSettings
 from telemeter.server.settings import build_parser as server_parser
 from telemeter.tools.authorization_server import load_tokens, parse_listen_address
+from telemeter.tools.benchmark import build_parser as benchmark_parser
+from telemeter.tools.benchmark import config_from_args
 from telemeter.tools.ports import free_ports
 from telemeter.tools.processes import ManagedProcess
 from telemeter.tools.prometheus import FEDERATE_JOB, SERVER_JOB, federate_scrape_config
@@ -157,7 +160,7 @@ def test_every_telemeter_service_runs_a_console_script_of_the_image(
     image = compose["services"]["telemeter-server-0"]["image"]
     ours = {n: s for n, s in compose["services"].items() if s.get("image") == image}
     assert set(ours) == {
-        "telemeter-server-0", "telemeter-server-1", "authorization-server", "client",
+        "telemeter-server-0", "telemeter-server-1", "authorization-server", "client", "benchmark",
     }  # fmt: skip
     for name, service in ours.items():
         assert service["command"][0] in scripts, name
@@ -229,6 +232,25 @@ def test_authorization_stand_in_command_line(compose: dict[str, Any]) -> None:
     assert len(argv) == 2, "telemeter-authorization-server <listen-addr> <tokens.json>"
     assert parse_listen_address(argv[0])[0] == "0.0.0.0"
     assert load_tokens(_host_path(compose, service, argv[1]))
+
+
+def test_benchmark_command_line_parses_and_targets_the_servers(compose: dict[str, Any]) -> None:
+    (service,) = _services(compose, "telemeter-benchmark").values()
+    assert service["profiles"] == ["benchmark"], "a load test must not start with `up`"
+    try:
+        args = benchmark_parser().parse_args(service["command"][1:])
+    except SystemExit:
+        pytest.fail(f"telemeter-benchmark refuses {service['command']} (see stderr)")
+    args.metrics_file = _host_path(compose, service, str(args.metrics_file))
+    args.to_token_file = _host_path(compose, service, str(args.to_token_file))
+    config = config_from_args(args)
+    upload = urlsplit(config.to_upload)
+    servers = _services(compose, "telemeter-server").values()
+    assert upload.hostname == "telemeter-server"
+    assert {upload.port} == {_port(_parse_server(compose, s).listen) for s in servers}
+    stand_in = compose["services"]["authorization-server"]
+    assert config.token in load_tokens(_host_path(compose, stand_in, stand_in["command"][2]))
+    assert parse_text(config.metrics_text)
 
 
 def test_redis_cluster_of_six_nodes_with_aof_on_named_volumes(compose: dict[str, Any]) -> None:
