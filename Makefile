@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bootstrap clean
+.PHONY: demo test lint typecheck unit bench bootstrap clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -22,6 +22,10 @@ typecheck: bootstrap
 
 unit: bootstrap
 	$(BIN)/pytest -q tests/unit
+
+bench: bootstrap
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf build *.egg-info telemeter/core/_fastpass.c telemeter/core/*.so .mypy_cache .ruff_cache .pytest_cache

@@ -16,7 +16,13 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telemeter.core import snappy
@@ -30,6 +36,7 @@ from telemeter.server.authorizer import AuthorizationDenied, StubAuthorizer
 from telemeter.server.errors import HTTPProblem, install_handlers
 from telemeter.server.metrics import HTTPMetrics
 from telemeter.server.runtime import Runtime
+from telemeter.server.status_page import status as status_page
 from telemeter.server.store import StoreUnavailable
 from telemeter.server.tokens import InvalidToken
 
@@ -295,12 +302,24 @@ def create_internal_app(rt: Runtime) -> FastAPI:
     @app.get("/")
     async def index() -> dict[str, list[str]]:
         return {
-            "paths": ["/", "/federate", "/metrics", "/healthz", "/healthz/ready", "/debug/ring"]
+            "paths": [
+                "/",
+                "/federate",
+                "/metrics",
+                "/healthz",
+                "/healthz/ready",
+                "/debug/ring",
+                "/status",
+            ]
         }
 
     @app.get("/debug/ring")
     async def ring() -> dict[str, Any]:
         return await rt.ring.debug_view()
+
+    @app.get("/status", response_class=HTMLResponse)
+    async def status() -> HTMLResponse:
+        return await status_page(rt)
 
     _health_routes(app, rt)
 

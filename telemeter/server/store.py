@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from prometheus_client import Histogram
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from telemeter.core.errors import TelemeterError
 from telemeter.server import keys
@@ -72,6 +74,7 @@ class Store:
         self._latency = latency
         self._timeout_s = timeout_s
         self._client: RedisCluster | None = None
+        self._nodes_plain: dict[str, Redis] = {}
         self._lock = asyncio.Lock()
 
     async def _connect(self) -> RedisCluster:
@@ -115,6 +118,9 @@ class Store:
 
     async def close(self) -> None:
         """Close every connection."""
+        plain, self._nodes_plain = self._nodes_plain, {}
+        for node in plain.values():
+            await node.aclose()
         if self._client is not None:
             client, self._client = self._client, None
             await _close_quietly(client)
@@ -151,10 +157,11 @@ class Store:
         """Every stored snapshot of the clusters in the given ring ranges."""
         ranges = list(ranges)
         async with self._call("index") as client:
-            pipe = client.pipeline(transaction=False)
-            for range_id in ranges:
-                pipe.zrange(keys.index_key(range_id), 0, -1, withscores=True)
-            indexes: list[list[tuple[bytes, float]]] = await pipe.execute()
+            indexes: list[list[tuple[bytes, float]]] = await self._per_node(
+                client,
+                [keys.index_key(r) for r in ranges],
+                lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
+            )
         entries = [
             (r, member.decode(), score)
             for r, idx in zip(ranges, indexes, strict=True)
@@ -163,10 +170,11 @@ class Store:
         if not entries:
             return []
         async with self._call("load") as client:
-            pipe = client.pipeline(transaction=False)
-            for _, cluster_id, _ in entries:
-                pipe.get(keys.snapshot_key(cluster_id))
-            values: list[bytes | None] = await pipe.execute()
+            values: list[bytes | None] = await self._per_node(
+                client,
+                [keys.snapshot_key(cluster_id) for _, cluster_id, _ in entries],
+                lambda pipe, key: pipe.get(key),
+            )
         stale = [
             (r, cid)
             for (r, cid, score), value in zip(entries, values, strict=True)
@@ -175,6 +183,58 @@ class Store:
         if stale:
             await self._prune(stale)
         return [v for v in values if v is not None]
+
+    async def _per_node(
+        self,
+        client: RedisCluster,
+        names: list[str],
+        add: Callable[[Any, str], Any],
+    ) -> list[Any]:
+        """One single-key command per name, pipelined per primary on plain connections.
+
+        redis-py's cluster pipeline costs ~0.1 ms of CPU per command; grouping by node and
+        using a plain pipeline per node costs a fraction of that, which is most of what a
+        `/federate` of many clusters spends. A reply redirected because a slot moved is
+        fetched again through the cluster client, which follows the redirection.
+        """
+        groups: dict[str, list[int]] = {}
+        nodes: dict[str, ClusterNode] = {}
+        for i, name in enumerate(names):
+            node = client.get_node_from_key(name)
+            if node is None:
+                raise StoreUnavailable(f"no node serves the slot of {name}")
+            groups.setdefault(node.name, []).append(i)
+            nodes[node.name] = node
+        results: list[Any] = [None] * len(names)
+
+        async def run(node_name: str) -> None:
+            pipe = self._node(nodes[node_name]).pipeline(transaction=False)
+            for i in groups[node_name]:
+                add(pipe, names[i])
+            replies = await pipe.execute(raise_on_error=False)
+            for i, reply in zip(groups[node_name], replies, strict=True):
+                if isinstance(reply, ResponseError):  # MOVED/ASK during a slot migration
+                    retry = client.pipeline(transaction=False)
+                    add(retry, names[i])
+                    (reply,) = await retry.execute()
+                results[i] = reply
+
+        await asyncio.gather(*(run(name) for name in groups))
+        return results
+
+    def _node(self, node: ClusterNode) -> Redis:
+        """A plain client of one node (kept per node address)."""
+        plain = self._nodes_plain.get(node.name)
+        if plain is None:
+            plain = Redis(
+                host=node.host,
+                port=int(node.port),
+                password=self._password,
+                socket_connect_timeout=self._timeout_s,
+                socket_timeout=self._timeout_s,
+            )
+            self._nodes_plain[node.name] = plain
+        return plain
 
     async def _prune(self, stale: list[tuple[int, str]]) -> None:
         async with self._call("prune") as client:
