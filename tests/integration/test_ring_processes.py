@@ -48,18 +48,26 @@ def coverage(servers: list[ServerHandle]) -> tuple[bool, dict[str, set[int]]]:
 def wait_covered(
     servers: list[ServerHandle], within_s: float, *, balanced: bool = False
 ) -> dict[str, set[int]]:
-    """Poll until the ranges are covered (and evenly spread, if asked); never overlapping (I1)."""
+    """Poll until the ranges are disjoint and covered (and evenly spread, if asked).
+
+    The pods are asked one after another, so a range handed over between two of the questions
+    can show up twice in one poll: the strict check of I1 (no range held twice at the same
+    Redis time) is tests/integration/test_ring.py, which samples every ring at one instant.
+    Here a settled state must hold for two polls in a row.
+    """
     deadline = time.monotonic() + within_s
+    previous: dict[str, set[int]] | None = None
     while True:
         ok, owned = coverage(servers)
-        assert sum(map(len, owned.values())) == len(set().union(*owned.values())), "I1: overlap"
         sizes = [len(r) for r in owned.values()]
         if ok and (not balanced or max(sizes) - min(sizes) <= 1):
-            return owned
+            if owned == previous:
+                return owned
+            previous = owned
+        else:
+            previous = None
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"not covered within {within_s}s: {[len(r) for r in owned.values()]}"
-            )
+            raise AssertionError(f"not settled within {within_s}s: {sizes}")
         time.sleep(0.05)
 
 
