@@ -33,8 +33,8 @@ from telemeter.core.textparse import parse_text
 from telemeter.core.upload import process
 from telemeter.server import keys, snapshot
 from telemeter.server.authorizer import AuthorizationDenied, StubAuthorizer
-from telemeter.server.errors import HTTPProblem, install_handlers
-from telemeter.server.metrics import HTTPMetrics
+from telemeter.server.errors import HTTPProblem, install_handlers, to_response
+from telemeter.server.metrics import ASGIApp, HTTPMetrics, Receive, Scope, Send
 from telemeter.server.runtime import Runtime
 from telemeter.server.status_page import status as status_page
 from telemeter.server.store import StoreUnavailable
@@ -276,6 +276,34 @@ async def _upload(rt: Runtime, request: Request) -> Response:
     m.overwritten.labels("past").inc(result.past)
     m.overwritten.labels("future").inc(result.future)
     return Response(status_code=200)
+
+
+class UploadFastPath:
+    """ASGI wrapper sending ``POST /upload`` straight to its handler.
+
+    Uploads are the hot path: this skips FastAPI's routing, dependency machinery and middleware
+    stack (a fifth of an upload's CPU in a profile), with the same handler, errors and metrics.
+    Everything else goes to the FastAPI app.
+    """
+
+    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+        self.app = app
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/upload" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        m = self.rt.metrics
+        try:
+            response = await _upload(self.rt, Request(scope, receive))
+        except TelemeterError as exc:
+            m.rejects.labels(reject_reason(exc)).inc()
+            response = to_response(exc)
+        await response(scope, receive, send)
+        m.requests.labels(str(response.status_code), "/upload", "post").inc()
+        m.duration.labels("/upload").observe(time.perf_counter() - start)
 
 
 def _health_routes(app: FastAPI, rt: Runtime) -> None:

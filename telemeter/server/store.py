@@ -20,7 +20,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from telemeter.core.errors import TelemeterError
 from telemeter.server import keys
@@ -48,6 +50,10 @@ return n
 # Everything redis-py raises for an unreachable or failing cluster (RedisClusterException is not
 # a RedisError).
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
+
+
+# Errors of a plain node connection after which the cluster client is asked instead.
+PLAIN_FALLBACK = (RedisConnectionError, RedisTimeoutError, ResponseError, OSError)
 
 
 class StoreUnavailable(TelemeterError):
@@ -140,18 +146,33 @@ class Store:
         The index entry is written first: an entry without a snapshot is harmless (skipped and
         later pruned), a snapshot without an entry would be invisible.
         """
+        index = keys.index_key(keys.cluster_range(cluster_id))
+        snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
         async with self._call("save") as client:
-            await client.zadd(keys.index_key(keys.cluster_range(cluster_id)), {cluster_id: now_ms})
-            wait = await client.eval(
-                SAVE_SNAPSHOT,
-                2,
-                keys.snapshot_key(cluster_id),
-                keys.ratelimit_key(cluster_id),
-                value,
-                self.ttl_ms,
-                self.ratelimit_ms,
+            await self._on_node(client, index, lambda r: r.zadd(index, {cluster_id: now_ms}))
+            wait = await self._on_node(
+                client,
+                snap,
+                lambda r: r.eval(
+                    SAVE_SNAPSHOT, 2, snap, limit, value, self.ttl_ms, self.ratelimit_ms
+                ),
             )
         return int(wait)
+
+    async def _on_node(self, client: RedisCluster, key: str, call: Callable[[Any], Any]) -> Any:
+        """Run one command for ``key`` on a plain connection to its slot's primary.
+
+        A plain connection skips most of redis-py's cluster bookkeeping (about 0.1 ms of CPU a
+        command). When the slot moved or the node fails, the command goes through the cluster
+        client instead, which follows redirections and refreshes its view of the cluster.
+        """
+        node = client.get_node_from_key(key)
+        if node is not None:
+            try:
+                return await call(self._node(node))
+            except PLAIN_FALLBACK as exc:
+                log.info("plain node command failed, retrying via the cluster error=%r", exc)
+        return await call(client)
 
     async def load_snapshots(self, ranges: Iterable[int], *, now_ms: int) -> list[bytes]:
         """Every stored snapshot of the clusters in the given ring ranges."""
@@ -211,7 +232,14 @@ class Store:
             pipe = self._node(nodes[node_name]).pipeline(transaction=False)
             for i in groups[node_name]:
                 add(pipe, names[i])
-            replies = await pipe.execute(raise_on_error=False)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except PLAIN_FALLBACK as exc:  # the node failed: the cluster client finds its successor
+                log.info("plain node pipeline failed, retrying via the cluster error=%r", exc)
+                again = client.pipeline(transaction=False)
+                for i in groups[node_name]:
+                    add(again, names[i])
+                replies = await again.execute()
             for i, reply in zip(groups[node_name], replies, strict=True):
                 if isinstance(reply, ResponseError):  # MOVED/ASK during a slot migration
                     retry = client.pipeline(transaction=False)
