@@ -30,7 +30,7 @@ from telemeter.core.delimited import write_families
 from telemeter.core.errors import InvalidPayload, TelemeterError, TooLarge
 from telemeter.core.exposition import TEXT_CONTENT_TYPE
 from telemeter.core.textparse import parse_text
-from telemeter.core.upload import process
+from telemeter.core.upload import PassResult, process
 from telemeter.server import keys, snapshot
 from telemeter.server.authorizer import AuthorizationDenied, StubAuthorizer
 from telemeter.server.errors import HTTPProblem, install_handlers, to_response
@@ -241,28 +241,9 @@ async def _upload(rt: Runtime, request: Request) -> Response:
     except TimeoutError as exc:
         raise HTTPProblem(503, "too many uploads in progress", retry_after=1) from exc
     try:
-        if encoding == "snappy":
-            data = snappy.decode_framed(body, max_size=s.uncompressed_limit)
-        elif len(body) > s.uncompressed_limit:
-            raise TooLarge(f"request body larger than {s.uncompressed_limit} bytes")
-        else:
-            data = body
         now_ms = int(time.time()) * 1000  # the Go server stamps whole seconds
-        result = process(
-            data,
-            rt.pass_config(token_labels),
-            now_ms=now_ms,
-            min_timestamp_ms=now_ms - MAX_SAMPLE_AGE_MS,
-        )
-        families = [*result.families]
-        families.append(
-            (
-                snapshot.PUSH_TIME_FAMILY,
-                1,
-                snapshot.push_time_lines(s.partition_label, cluster_id, now_ms),
-            )
-        )
-        value = snapshot.encode(now_ms, result.kept + 1, families)
+        value, counts = _render_snapshot(rt, body, encoding, token_labels, cluster_id, now_ms)
+        del body  # only the small compressed snapshot is held while Redis answers
         wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
     finally:
         rt.upload_slots.release()
@@ -272,9 +253,9 @@ async def _upload(rt: Runtime, request: Request) -> Response:
     rt.remember_limit(cluster_id, s.ratelimit)
     m = rt.metrics
     m.uploads.inc()
-    m.series.inc(result.kept)
-    m.overwritten.labels("past").inc(result.past)
-    m.overwritten.labels("future").inc(result.future)
+    m.series.inc(counts.kept)
+    m.overwritten.labels("past").inc(counts.past)
+    m.overwritten.labels("future").inc(counts.future)
     return Response(status_code=200)
 
 
@@ -304,6 +285,40 @@ class UploadFastPath:
         await response(scope, receive, send)
         m.requests.labels(str(response.status_code), "/upload", "post").inc()
         m.duration.labels("/upload").observe(time.perf_counter() - start)
+
+
+def _render_snapshot(
+    rt: Runtime,
+    body: bytes,
+    encoding: str,
+    token_labels: dict[str, str],
+    cluster_id: str,
+    now_ms: int,
+) -> tuple[bytes, PassResult]:
+    """Decode, check and render an upload into its stored snapshot (CPU only, no awaits).
+
+    Kept in its own function so the decompressed and rendered intermediates (~150 KB for the
+    standard payload) are freed before the upload waits for Redis: only the ~10 KB snapshot
+    is held per upload in flight (ARCHITECTURE.md decision 10).
+    """
+    s = rt.settings
+    if encoding == "snappy":
+        data = snappy.decode_framed(body, max_size=s.uncompressed_limit)
+    elif len(body) > s.uncompressed_limit:
+        raise TooLarge(f"request body larger than {s.uncompressed_limit} bytes")
+    else:
+        data = body
+    result = process(
+        data,
+        rt.pass_config(token_labels),
+        now_ms=now_ms,
+        min_timestamp_ms=now_ms - MAX_SAMPLE_AGE_MS,
+    )
+    push_time = snapshot.push_time_lines(s.partition_label, cluster_id, now_ms)
+    families = [*result.families, (snapshot.PUSH_TIME_FAMILY, 1, push_time)]
+    value = snapshot.encode(now_ms, result.kept + 1, families)
+    result.families = []
+    return value, result
 
 
 def _health_routes(app: FastAPI, rt: Runtime) -> None:
