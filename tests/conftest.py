@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from telemeter.tools.redis_cluster import LocalRedisCluster, parse_redis_url
+from telemeter.core.addresses import parse_redis_url
+from telemeter.tools.redis_cluster import LocalRedisCluster
 from telemeter.tools.stack import ServerHandle, start_server, write_signing_key
 
 REDIS_URL_ENV = "TELEMETER_TEST_REDIS_URL"

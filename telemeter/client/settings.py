@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from telemeter.client.errors import ConfigError
+from telemeter.core.addresses import parse_listen_address
 from telemeter.core.durations import format_duration, parse_duration
 from telemeter.core.errors import InvalidSelector
 from telemeter.core.selectors import parse_selector
@@ -307,12 +308,10 @@ def _split_slice(values: Sequence[str]) -> list[str]:
 
 
 def _listen_address(text: str) -> tuple[str, int]:
-    """Split a Go listen address (``localhost:9002``, ``:9002``, ``[::1]:9002``)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen must be [host]:port, got {text!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    return host or "0.0.0.0", int(port)
+    try:
+        return parse_listen_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"--listen must be [host]:port, got {text!r}") from exc
 
 
 def _path(text: str) -> Path | None:

@@ -13,11 +13,11 @@ from pathlib import Path
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from telemeter.core.addresses import parse_listen_address
 from telemeter.core.delimited import check_upb
 from telemeter.server.app import UploadFastPath, create_external_app, create_internal_app
 from telemeter.server.runtime import Runtime
 from telemeter.server.settings import ServerSettings, parse_settings
-from telemeter.tools.authorization_server import parse_listen_address
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from types import TracebackType
 
 import httpx
 
+from telemeter.core.addresses import parse_redis_url
 from telemeter.core.selectors import Whitelist
 from telemeter.core.transforms import parse_label_pairs
 from telemeter.core.upload import PassConfig
@@ -30,7 +31,6 @@ from telemeter.server.tokens import (
     generate_signing_key,
     load_signing_key,
 )
-from telemeter.tools.redis_cluster import parse_redis_url
 
 log = logging.getLogger(__name__)
 

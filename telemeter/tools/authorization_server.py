@@ -25,9 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from telemeter.core.addresses import parse_listen_address
 from telemeter.server.authorizer import stable_account_id
 
-__all__ = ["create_app", "load_tokens", "main", "parse_listen_address"]
+__all__ = ["create_app", "load_tokens", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,23 +105,6 @@ def load_tokens(path: Path) -> list[str]:
     ):
         raise ValueError(f'tokens file {path} must be a JSON list of {{"token": "<string>"}}')
     return [entry["token"] for entry in entries]
-
-
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """Split a Go-style listen address (``127.0.0.1:9001``, ``:9001``, ``[::1]:9001``).
-
-    An empty host means every interface, as in Go.
-    """
-    host, separator, port_text = address.rpartition(":")
-    if (
-        not separator
-        or not (port_text.isascii() and port_text.isdigit())
-        or not 0 <= int(port_text) <= 65535
-    ):
-        raise ValueError(f"invalid listen address {address!r}: expected [host]:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "0.0.0.0", int(port_text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

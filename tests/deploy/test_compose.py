@@ -29,18 +29,18 @@ import yaml
 
 from telemeter.client.settings import build_parser as client_parser
 from telemeter.client.settings import load_runtime, settings_from_args
+from telemeter.core.addresses import parse_listen_address, parse_redis_url
 from telemeter.core.durations import parse_duration
 from telemeter.core.textparse import parse_text
 from telemeter.server.main import SHUTDOWN_GRACE_S
 from telemeter.server.settings import ServerSettings
 from telemeter.server.settings import build_parser as server_parser
-from telemeter.tools.authorization_server import load_tokens, parse_listen_address
+from telemeter.tools.authorization_server import load_tokens
 from telemeter.tools.benchmark import build_parser as benchmark_parser
 from telemeter.tools.benchmark import config_from_args
 from telemeter.tools.ports import free_ports
 from telemeter.tools.processes import ManagedProcess
 from telemeter.tools.prometheus import FEDERATE_JOB, SERVER_JOB, federate_scrape_config
-from telemeter.tools.redis_cluster import parse_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"

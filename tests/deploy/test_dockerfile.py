@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from telemeter.client.settings import DEFAULT_LISTEN
+from telemeter.core.addresses import parse_listen_address
 from telemeter.server.settings import ServerSettings
-from telemeter.tools.authorization_server import parse_listen_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telemeter.tools.authorization_server import load_tokens, main, parse_listen_address
+from telemeter.core.addresses import parse_listen_address
+from telemeter.tools.authorization_server import load_tokens, main
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 STARTUP_TIMEOUT_SECONDS = 15.0

@@ -23,7 +23,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from telemeter.tools.redis_cluster import LocalRedisCluster, parse_redis_url
+from telemeter.core.addresses import parse_redis_url
+from telemeter.tools.redis_cluster import LocalRedisCluster
 from tests.conftest import RedisClusterHandle, require_redis_server
 
 FAILOVER_BOUND_S = 20.0

@@ -26,9 +26,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from telemeter.core.addresses import parse_redis_url
 from telemeter.server.keys import RANGES, SLOTS, RingKeys
 from telemeter.server.ring import Ring
-from telemeter.tools.redis_cluster import LocalRedisCluster, parse_redis_url
+from telemeter.tools.redis_cluster import LocalRedisCluster
 from tests.conftest import RedisClusterHandle, require_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
