@@ -15,7 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from telemeter.core.addresses import parse_listen_address
 from telemeter.core.delimited import check_upb
-from telemeter.server.app import UploadFastPath, create_external_app, create_internal_app
+from telemeter.server.app import create_external_app, create_internal_app
 from telemeter.server.runtime import Runtime
 from telemeter.server.settings import ServerSettings, parse_settings
 
@@ -105,7 +105,7 @@ async def serve(settings: ServerSettings) -> None:
         servers = [
             _Server(
                 _config(
-                    UploadFastPath(create_external_app(rt), rt),
+                    create_external_app(rt),
                     settings.listen,
                     settings.tls_crt,
                     settings.tls_key,
