@@ -12,9 +12,11 @@ if redis-cli -h "$host" -p "$port" cluster info | grep -q '^cluster_state:ok'; t
   exit 0
 fi
 redis-cli --cluster create "$@" --cluster-replicas 1 --cluster-yes
-# Wait until every node agrees on the slots, so the servers start against a working cluster.
+# Wait until every node agrees on the slots and the first one reports the cluster ok (a node
+# reports ok a moment after the slots agree), so the servers start against a working cluster.
 tries=0
-until redis-cli --cluster check "$first" >/dev/null 2>&1; do
+until redis-cli --cluster check "$first" >/dev/null 2>&1 \
+  && redis-cli -h "$host" -p "$port" cluster info | grep -q '^cluster_state:ok'; do
   tries=$((tries + 1))
   if [ "$tries" -ge 60 ]; then
     echo "redis cluster not consistent after 60 s" >&2
