@@ -4,7 +4,8 @@
 #   docker build -t telemeter:0.1.0 .
 #   docker run --rm telemeter:0.1.0 telemeter-client --help
 #
-# Stage 1 builds the project's wheel (the upload pass is a Cython extension: it needs gcc) and
+# Stage 1 builds the project's wheel (the compiled pass is a Cython extension: it needs gcc and
+# libdeflate's headers) and
 # installs it, with the dependency versions pinned in constraints.txt, into a virtualenv.
 # Stage 2 is the slim base plus that virtualenv, run as an unprivileged user.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -15,7 +16,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # build within months; the base image tag already fixes the Debian release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libdeflate-dev \
  && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -36,6 +37,12 @@ RUN python -m venv /opt/build \
  && /opt/telemeter/bin/python -I -c "import telemeter.core._fastpass"
 
 FROM ${PYTHON_IMAGE}
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# libdeflate inflates the stored snapshots for /federate (not pinned, as above).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libdeflate0 \
+ && rm -rf /var/lib/apt/lists/*
 # A fixed numeric user, so that Kubernetes' runAsNonRoot can check it without a name lookup.
 RUN groupadd --system --gid 10001 telemeter \
  && useradd --system --uid 10001 --gid telemeter --no-create-home --home-dir /nonexistent \

@@ -10,6 +10,7 @@ setup(
                 "telemeter.core._fastpass",
                 ["telemeter/core/_fastpass.pyx"],
                 extra_compile_args=["-O2"],
+                libraries=["deflate"],  # libdeflate (Debian: libdeflate-dev)
             )
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},

@@ -12,6 +12,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+# The compiled pass links libdeflate (it inflates the stored snapshots for /federate).
+[ -f /usr/include/libdeflate.h ] || need_apt+=(libdeflate-dev)
 # The status page is checked in a real browser (tests/deploy/test_status_page.py).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium fonts-dejavu-core)
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi

@@ -14,6 +14,7 @@ taken from its last occurrence instead of being merged.
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
@@ -59,35 +60,6 @@ cdef extern from *:
             memcpy(out + n, digits + point, nd - point); n += nd - point;
         }
         return n;
-    }
-
-    /* CRC-32 of a concatenation from the CRCs of its parts (zlib's crc32_combine, 1.2.12+):
-       lets /federate answer one gzip member made of stored deflate segments. */
-    #define TM_POLY 0xedb88320u
-    static uint32_t tm_multmodp(uint32_t a, uint32_t b) {
-        uint32_t m = (uint32_t)1 << 31, p = 0;
-        for (;;) {
-            if (a & m) { p ^= b; if ((a & (m - 1)) == 0) break; }
-            m >>= 1;
-            b = b & 1 ? (b >> 1) ^ TM_POLY : b >> 1;
-        }
-        return p;
-    }
-    static uint32_t tm_x2n[32];
-    static void tm_crc_init(void) {
-        uint32_t p = (uint32_t)1 << 30;
-        tm_x2n[0] = p;
-        for (int n = 1; n < 32; n++) tm_x2n[n] = p = tm_multmodp(p, p);
-    }
-    static uint32_t tm_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2) {
-        uint32_t p = (uint32_t)1 << 31;
-        unsigned k = 3;
-        while (len2) {
-            if (len2 & 1) p = tm_multmodp(tm_x2n[k & 31], p);
-            len2 >>= 1;
-            k++;
-        }
-        return tm_multmodp(p, crc1) ^ crc2;
     }
 
     /* Index of the first byte needing escape in a label value (backslash, quote, newline), or n.
@@ -155,110 +127,16 @@ cdef extern from *:
     """
     int tm_format_double(double v, char *out) except -1
     int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
-    void tm_crc_init()
     void tm_names_init()
     int tm_valid_name(const unsigned char *s, Py_ssize_t n, int colon)
     Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n)
-    uint32_t tm_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
     double fabs(double)
     int isnan(double)
     int isinf(double)
     int signbit(double)
     int snprintf(char *, size_t, const char *, ...)
 
-tm_crc_init()
 tm_names_init()
-
-
-def crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2):
-    """The CRC-32 of A+B from crc32(A), crc32(B) and len(B), as zlib's crc32_combine."""
-    return tm_crc32_combine(crc1, crc2, len2)
-
-
-cdef inline uint32_t be32(const uint8_t *p):
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline uint64_t be64(const uint8_t *p):
-    return (<uint64_t>be32(p) << 32) | be32(p + 4)
-
-
-def merge_snapshots(list values, int64_t oldest_ms, bytes magic):
-    """Group the deflate segments of stored snapshots per family (telemeter.server.snapshot).
-
-    Returns ``(families, clusters, series, corrupt, conflicts)`` where ``families`` maps a family
-    name to ``[kind, segments, crc, size]``: its segments in cluster order and the CRC-32 and
-    length of their concatenated text. Snapshots pushed before ``oldest_ms`` are skipped; values
-    that do not parse are counted in ``corrupt``. Type conflicts follow ``snapshot.merge``.
-    """
-    cdef dict families = {}
-    cdef Py_ssize_t clusters = 0, series = 0, corrupt = 0, conflicts = 0
-    cdef Py_ssize_t n, pos, name_len, seg_len, i, count
-    cdef const uint8_t *d
-    cdef uint32_t crc, size
-    cdef int kind, have
-    cdef list entry
-    cdef bytes value
-    for value in values:
-        d = <const uint8_t *>PyBytes_AS_STRING(value)
-        n = PyBytes_GET_SIZE(value)
-        # header: magic (3) | push time (8) | series (4) | family count (2)
-        if n < 17 or memcmp(d, PyBytes_AS_STRING(magic), 3) != 0:
-            corrupt += 1
-            continue
-        if <int64_t>be64(d + 3) < oldest_ms:
-            continue
-        count = (d[15] << 8) | d[16]
-        # First check that the whole value parses, so a corrupt one contributes nothing.
-        pos = 17
-        for i in range(count):
-            if pos + 3 > n:
-                break
-            name_len = (d[pos + 1] << 8) | d[pos + 2]
-            pos += 3 + name_len
-            if pos + 12 > n:
-                pos = n + 1
-                break
-            seg_len = be32(d + pos)
-            pos += 12 + seg_len
-        else:
-            i = count
-        if i != count or pos != n:
-            corrupt += 1
-            continue
-        clusters += 1
-        series += be32(d + 11)
-        pos = 17
-        for i in range(count):
-            kind = d[pos]
-            name_len = (d[pos + 1] << 8) | d[pos + 2]
-            name = PyUnicode_DecodeUTF8(<const char *>d + pos + 3, name_len, "replace")
-            pos += 3 + name_len
-            seg_len = be32(d + pos)
-            crc = be32(d + pos + 4)
-            size = be32(d + pos + 8)
-            pos += 12
-            segment = PyBytes_FromStringAndSize(<const char *>d + pos, seg_len)
-            pos += seg_len
-            entry = families.get(name)
-            if entry is None:
-                families[name] = [kind, [segment], crc, size]
-                continue
-            have = entry[0]
-            if have != kind:
-                if _simple(have) and _simple(kind):
-                    entry[0] = 3  # untyped
-                else:
-                    conflicts += 1
-                    continue
-            entry[1].append(segment)
-            entry[2] = tm_crc32_combine(entry[2], crc, size)
-            entry[3] = entry[3] + size
-    return families, clusters, series, corrupt, conflicts
-
-
-cdef inline bint _simple(int kind):
-    return kind == 0 or kind == 1 or kind == 3  # counter, gauge, untyped
 
 
 DEF COUNTER = 0
@@ -365,6 +243,225 @@ cdef int put_escaped(Buf *b, const char *s, Py_ssize_t n) except -1:
         b.len += 2
         i = j + 1
     return 0
+
+
+# ---- merging stored snapshots (/federate) ---------------------------------------------------
+
+cdef inline uint32_t be32(const uint8_t *p):
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline uint64_t be64(const uint8_t *p):
+    return (<uint64_t>be32(p) << 32) | be32(p + 4)
+
+
+cdef extern from "libdeflate.h":
+    struct libdeflate_decompressor:
+        pass
+    libdeflate_decompressor *libdeflate_alloc_decompressor()
+    void libdeflate_free_decompressor(libdeflate_decompressor *d)
+    int libdeflate_deflate_decompress(libdeflate_decompressor *d, const void *src, size_t src_len,
+                                      void *out, size_t out_len, size_t *actual) nogil
+
+
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+
+    /* A growable region of anonymous memory: grown by mremap (pages are moved, not copied),
+       huge pages asked for once it is large, and given back to the system when freed. */
+    typedef struct { char *data; size_t len; size_t cap; } tm_region;
+
+    static int tm_region_put(tm_region *r, const char *src, size_t n) {
+        if (r->len + n > r->cap) {
+            size_t cap = r->cap ? r->cap : 65536;
+            while (cap < r->len + n) cap *= 2;
+            void *p = r->data
+                ? mremap(r->data, r->cap, cap, MREMAP_MAYMOVE)
+                : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED) return -1;
+            if (cap >= ((size_t)2 << 20)) madvise(p, cap, MADV_HUGEPAGE);
+            r->data = (char *)p;
+            r->cap = cap;
+        }
+        memcpy(r->data + r->len, src, n);
+        r->len += n;
+        return 0;
+    }
+
+    static void tm_region_free(tm_region *r) {
+        if (r->data) munmap(r->data, r->cap);
+        r->data = NULL;
+        r->len = r->cap = 0;
+    }
+    """
+    ctypedef struct tm_region:
+        char *data
+        size_t len
+        size_t cap
+    int tm_region_put(tm_region *r, const char *src, size_t n)
+    void tm_region_free(tm_region *r)
+
+
+cdef char _EMPTY[1]
+
+
+cdef class FamilyText:
+    """One family's text from many snapshots, read through the buffer protocol (`bytes(t)`,
+    `memoryview(t)`), in memory that is given back to the system when it is dropped."""
+
+    cdef tm_region region
+
+    def __dealloc__(self):
+        tm_region_free(&self.region)
+
+    cdef int put(self, const char *src, size_t n) except -1:
+        if tm_region_put(&self.region, src, n) != 0:
+            raise MemoryError()
+        return 0
+
+    def __len__(self):
+        return self.region.len
+
+    def __bytes__(self):
+        return PyBytes_FromStringAndSize(self.region.data, self.region.len)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        cdef char *data = self.region.data
+        if data == NULL:  # an empty text (never handed out by the merge) needs a valid pointer
+            data = _EMPTY
+        PyBuffer_FillInfo(view, self, data, self.region.len, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+def inflate(bytes value, Py_ssize_t offset, Py_ssize_t size):
+    """``value[offset:]``, raw deflate data, inflated to exactly ``size`` bytes (libdeflate).
+
+    Raises ValueError when the data is invalid or does not inflate to exactly that size.
+    """
+    cdef libdeflate_decompressor *inflater
+    cdef int status
+    if offset < 0 or offset > PyBytes_GET_SIZE(value) or size < 0:
+        raise ValueError("offset or size out of range")
+    out = PyBytes_FromStringAndSize(NULL, size)
+    inflater = libdeflate_alloc_decompressor()
+    if inflater == NULL:
+        raise MemoryError()
+    status = libdeflate_deflate_decompress(
+        inflater, PyBytes_AS_STRING(value) + offset, PyBytes_GET_SIZE(value) - offset,
+        PyBytes_AS_STRING(out), size, NULL)
+    libdeflate_free_decompressor(inflater)
+    if status != 0:
+        raise ValueError(f"invalid deflate data (libdeflate status {status})")
+    return out
+
+
+DEF HEAD = 23  # magic (3) | push time (8) | series (4) | raw length (4) | deflate length (4)
+
+
+cdef Py_ssize_t _table_end(const uint8_t *r, Py_ssize_t n):
+    """Where the family table of an inflated snapshot ends, or -1 when the table is invalid."""
+    cdef Py_ssize_t pos = 2, i, count, texts = 0
+    if n < 2:
+        return -1
+    count = (r[0] << 8) | r[1]
+    for i in range(count):
+        if pos + 3 > n:
+            return -1
+        pos += 3 + ((r[pos + 1] << 8) | r[pos + 2])
+        if pos + 4 > n:
+            return -1
+        texts += be32(r + pos)
+        pos += 4
+    if pos + texts != n:
+        return -1
+    return pos
+
+
+def merge_snapshots(list values, int64_t oldest_ms, bytes magic, Py_ssize_t max_raw):
+    """Group the family texts of stored snapshots per family (telemeter.server.snapshot).
+
+    Each value is inflated once by libdeflate into one reused buffer, and each family's text is
+    appended to that family's `FamilyText`. Returns ``(families, clusters, series, corrupt,
+    conflicts)`` where ``families`` maps a family name to ``[kind, text]``. Snapshots pushed
+    before ``oldest_ms`` are skipped; values that do not inflate or parse are counted in
+    ``corrupt`` and contribute nothing. Type conflicts follow ``snapshot.merge``.
+    """
+    cdef dict families = {}
+    cdef Py_ssize_t clusters = 0, series = 0, corrupt = 0, conflicts = 0
+    cdef Py_ssize_t n, raw_len, pos, text_pos, name_len, size, i, count
+    cdef const uint8_t *d
+    cdef const uint8_t *r
+    cdef int kind, have
+    cdef list entry
+    cdef bytes value
+    cdef FamilyText text
+    cdef Buf scratch
+    cdef libdeflate_decompressor *inflater = libdeflate_alloc_decompressor()
+    if inflater == NULL:
+        raise MemoryError()
+    scratch.data = NULL
+    scratch.len = 0
+    scratch.cap = 0
+    try:
+        for value in values:
+            d = <const uint8_t *>PyBytes_AS_STRING(value)
+            n = PyBytes_GET_SIZE(value)
+            if n < HEAD or memcmp(d, PyBytes_AS_STRING(magic), 3) != 0 or HEAD + be32(d + 19) != n:
+                corrupt += 1
+                continue
+            if <int64_t>be64(d + 3) < oldest_ms:
+                continue
+            raw_len = be32(d + 15)
+            if raw_len > max_raw:
+                corrupt += 1
+                continue
+            grow(&scratch, raw_len)
+            if libdeflate_deflate_decompress(inflater, d + HEAD, n - HEAD, scratch.data, raw_len, NULL) != 0:
+                corrupt += 1  # bad data, or not exactly raw_len bytes
+                continue
+            r = <const uint8_t *>scratch.data
+            text_pos = _table_end(r, raw_len)
+            if text_pos < 0:
+                corrupt += 1
+                continue
+            clusters += 1
+            series += be32(d + 11)
+            count = (r[0] << 8) | r[1]
+            pos = 2
+            for i in range(count):
+                kind = r[pos]
+                name_len = (r[pos + 1] << 8) | r[pos + 2]
+                name = PyUnicode_DecodeUTF8(<const char *>r + pos + 3, name_len, "replace")
+                pos += 3 + name_len
+                size = be32(r + pos)
+                pos += 4
+                entry = families.get(name)
+                if entry is None:
+                    entry = [kind, FamilyText()]
+                    families[name] = entry
+                else:
+                    have = entry[0]
+                    if have != kind:
+                        if _simple(have) and _simple(kind):
+                            entry[0] = 3  # untyped
+                        else:
+                            conflicts += 1
+                            text_pos += size
+                            continue
+                text = entry[1]
+                text.put(<const char *>r + text_pos, size)
+                text_pos += size
+    finally:
+        free(scratch.data)
+        libdeflate_free_decompressor(inflater)
+    return families, clusters, series, corrupt, conflicts
+
+
+cdef inline bint _simple(int kind):
+    return kind == 0 or kind == 1 or kind == 3  # counter, gauge, untyped
 
 
 # ---- protobuf wire reading -------------------------------------------------------------------

@@ -376,8 +376,13 @@ def create_internal_app(rt: Runtime) -> FastAPI:
                 media_type=TEXT_CONTENT_TYPE,
                 headers={"Content-Encoding": "gzip"},
             )
+        parts = list(snapshot.write_plain(merged))
+        # The length is known: the answer is sent whole, not in chunks.
+        length = sum(len(part) for part in parts)
         return StreamingResponse(
-            _stream(snapshot.write_plain(merged)), media_type=TEXT_CONTENT_TYPE
+            _stream(iter(parts)),
+            media_type=TEXT_CONTENT_TYPE,
+            headers={"Content-Length": str(length)},
         )
 
     return app

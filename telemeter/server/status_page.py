@@ -61,7 +61,7 @@ def cluster_info(snap: snapshot.Snapshot, *, partition_label: str) -> ClusterInf
     pattern = re.compile(re.escape(partition_label) + r'="([^"\\]*)"')
     for family in snap.families:
         if family.name == snapshot.PUSH_TIME_FAMILY:
-            match = pattern.search(snapshot.inflate(family.segment).decode("utf-8", "replace"))
+            match = pattern.search(family.text.decode("utf-8", "replace"))
             if match:
                 return ClusterInfo(match.group(1), snap.push_time_ms, snap.series)
     return None

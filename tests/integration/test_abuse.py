@@ -160,7 +160,7 @@ def stored(rclient: RedisCluster, cluster_id: str) -> bytes | None:
 
 def stored_text(value: bytes) -> str:
     snap = snapshot.decode(value)
-    return b"".join(snapshot.inflate(f.segment) for f in snap.families).decode()
+    return b"".join(f.text for f in snap.families).decode()
 
 
 def rss_kb(pid: int) -> tuple[int, int]:

@@ -135,7 +135,7 @@ def push(server: ServerHandle, jwt: str, body: bytes, *, timeout: float = 15) ->
 def stored_text(value: bytes) -> str:
     """The exposition text held by a stored snapshot value."""
     snap = snapshot.decode(value)
-    return b"".join(snapshot.inflate(f.segment) for f in snap.families).decode()
+    return b"".join(f.text for f in snap.families).decode()
 
 
 @contextlib.contextmanager

@@ -28,18 +28,49 @@ def snap(cluster: str, families: dict[str, int], push: int = 1000) -> bytes:
     return snapshot.encode(push, len(items), items)
 
 
+def _with_raw_length(value: bytes, delta: int) -> bytes:
+    size = int.from_bytes(value[15:19], "big") + delta
+    return value[:15] + size.to_bytes(4, "big") + value[19:]
+
+
+def _table_and_texts_disagree() -> bytes:
+    raw = b"\x00\x01\x01\x00\x01a\x00\x00\x00\x09a 1 1\n"  # says 9 bytes of text, has 6
+    data = _raw_deflate(raw)
+    return (
+        b"TM3"
+        + (5000).to_bytes(8, "big")
+        + (1).to_bytes(4, "big")
+        + len(raw).to_bytes(4, "big")
+        + len(data).to_bytes(4, "big")
+        + data
+    )
+
+
+def _raw_deflate(raw: bytes) -> bytes:
+    stream = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return stream.compress(raw) + stream.flush()
+
+
 def test_encode_decode_round_trip() -> None:
     value = snapshot.encode(1234, 2, [("a", GAUGE, b"a 1 1\n"), ("b", COUNTER, b"b 2 1\n")])
     decoded = snapshot.decode(value)
     assert decoded.push_time_ms == 1234 and decoded.series == 2
-    assert [(f.name, f.kind, snapshot.inflate(f.segment)) for f in decoded.families] == [
+    assert [(f.name, f.kind, f.text) for f in decoded.families] == [
         ("a", GAUGE, b"a 1 1\n"),
         ("b", COUNTER, b"b 2 1\n"),
     ]
 
 
 @pytest.mark.parametrize(
-    "value", [b"", b"XX", b"TM2" + b"\x00" * 5, snapshot.encode(1, 1, [("a", 1, b"x")])[:-3]]
+    "value",
+    [
+        b"",
+        b"XX",
+        b"TM3" + b"\x00" * 5,
+        snapshot.encode(1, 1, [("a", 1, b"x")])[:-3],
+        _with_raw_length(snapshot.encode(1, 1, [("a", 1, b"x")]), +1),
+        b"TM2" + snapshot.encode(1, 1, [("a", 1, b"x")])[3:],
+    ],
 )
 def test_corrupt_values_are_detected(value: bytes) -> None:
     with pytest.raises(snapshot.CorruptSnapshot):
@@ -63,15 +94,27 @@ def test_gzip_answer_is_one_member_equal_to_the_plain_answer() -> None:
 
 def test_type_conflicts() -> None:
     simple = snapshot.merge([snap("x", {"m": GAUGE}), snap("y", {"m": COUNTER})])
-    assert simple.families["m"][0] == metrics_pb2.UNTYPED and len(simple.families["m"][1]) == 2
+    assert simple.families["m"][0] == metrics_pb2.UNTYPED
+    assert bytes(simple.families["m"][1]) == (b'm{_id="x"} 1 1000\nm{_id="y"} 1 1000\n')
     complex_ = snapshot.merge([snap("x", {"m": SUMMARY}), snap("y", {"m": HISTOGRAM})])
-    assert complex_.families["m"][0] == SUMMARY and len(complex_.families["m"][1]) == 1
+    assert complex_.families["m"][0] == SUMMARY
+    assert bytes(complex_.families["m"][1]) == b'm{_id="x"} 1 1000\n'
     assert complex_.conflicts == 1
 
 
 def test_merge_skips_old_and_corrupt_values_whole() -> None:
     good, old = snap("x", {"a": GAUGE}, push=5000), snap("y", {"a": GAUGE}, push=1000)
-    corrupt = [b"", b"XX", good[:-3], good + b"!", b"TM2" + good[3:20]]
+    corrupt = [
+        b"",
+        b"XX",
+        good[:-3],
+        _with_raw_length(good, -1),
+        _with_raw_length(good, +1),
+        _with_raw_length(good, 1 << 30),  # more than MAX_RAW: never inflated
+        b"TM2" + good[3:],
+        good + b"!",
+        _table_and_texts_disagree(),
+    ]
     merged = snapshot.merge([good, old, *corrupt], oldest_ms=2000)
     assert (merged.clusters, merged.corrupt) == (1, len(corrupt))
     assert b"".join(snapshot.write_plain(merged)) == b'# TYPE a gauge\na{_id="x"} 1 5000\n'
