@@ -1,15 +1,17 @@
-"""A bare RESP pipeline: many single-key commands to one Redis node in one write.
+"""Bare RESP: a pipeline of many single-key commands to one Redis node, and a persistent
+connection for the commands of each upload.
 
 `/federate` reads a thousand snapshots per scrape; redis-py spends ~60 us of CPU per pipelined
-command, this ~5 us (hiredis parses the replies). Only used for reads; `telemeter.server.store`
-falls back to the cluster client when anything here fails or a reply is a redirection.
+command, this ~5 us (hiredis parses the replies). `telemeter.server.store` falls back to the
+cluster client when anything here fails or a reply is an error (a redirection, for instance).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -60,3 +62,74 @@ async def pipeline(
     if head and isinstance(replies[0], ReplyError):
         raise ConnectionError(f"redis refused AUTH: {replies[0]}")
     return replies[len(head) :]
+
+
+class Connection(asyncio.Protocol):
+    """A persistent connection to one Redis node: commands are pipelined, replies come in order.
+
+    Used for the two commands of every upload, where redis-py's command machinery costs more
+    CPU than the rest of the Redis work. Error replies are returned as `ReplyError` instances.
+    A command that times out closes the connection (later replies could no longer be matched).
+    """
+
+    def __init__(self) -> None:
+        self._parser = hiredis.Reader()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+
+    @classmethod
+    async def open(
+        cls, host: str, port: int, *, password: str | None, timeout_s: float
+    ) -> Connection:
+        """Connect (and authenticate) within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            _, conn = await loop.create_connection(cls, host, port)
+        if password:
+            reply = await conn.call((b"AUTH", password.encode()), timeout_s=timeout_s)
+            if isinstance(reply, ReplyError):
+                conn.close()
+                raise ConnectionError(f"redis refused AUTH: {reply}")
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        reply = self._parser.gets()
+        while reply is not False:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():  # its caller may have given up
+                    waiter.set_result(reply)
+            reply = self._parser.gets()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(f"redis connection lost: {exc!r}"))
+
+    def close(self) -> None:
+        """Close the connection; commands in flight fail with ConnectionError."""
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    async def call(self, args: Sequence[bytes], *, timeout_s: float) -> Any:
+        """Send one command and wait for its reply."""
+        if self.closed or self._transport is None:
+            raise ConnectionError("redis connection closed")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._transport.write(encode(args))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except TimeoutError:
+            self.close()
+            raise

@@ -50,3 +50,104 @@ def test_unreachable_node_raises() -> None:
         asyncio.run(
             resp.pipeline("127.0.0.1", free_port(), [(b"PING",)], password=None, timeout_s=2)
         )
+
+
+def _loops() -> list[str]:
+    return ["asyncio", "uvloop"]  # the server runs on uvloop; its transports differ
+
+
+def _run(loop: str, coro: Any) -> Any:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("loop", _loops())
+def test_connection_pipelines_commands_in_order(
+    redis_cluster: RedisClusterHandle, loop: str
+) -> None:
+    host, port = redis_cluster.startup_nodes[0]
+
+    async def main() -> list[Any]:
+        conn = await resp.Connection.open(host, port, password=redis_cluster.password, timeout_s=5)
+        try:
+            # Many commands in flight at once: each caller gets its own reply.
+            replies = await asyncio.gather(
+                *(conn.call((b"ECHO", b"%d" % i), timeout_s=5) for i in range(200))
+            )
+            error = await conn.call((b"NOSUCHCOMMAND",), timeout_s=5)
+        finally:
+            conn.close()
+        return [replies, error, conn.closed]
+
+    replies, error, closed = _run(loop, main())
+    assert replies == [b"%d" % i for i in range(200)]
+    assert isinstance(error, resp.ReplyError) and closed
+
+
+@pytest.mark.parametrize("loop", _loops())
+def test_connection_failures_raise(loop: str) -> None:
+    async def main() -> None:
+        await resp.Connection.open("127.0.0.1", free_port(), password=None, timeout_s=2)
+
+    with pytest.raises(OSError):
+        _run(loop, main())
+
+
+def test_connection_timeout_closes_it(redis_cluster: RedisClusterHandle) -> None:
+    host, port = redis_cluster.startup_nodes[0]
+
+    async def main() -> resp.Connection:
+        conn = await resp.Connection.open(host, port, password=redis_cluster.password, timeout_s=5)
+        with pytest.raises(TimeoutError):
+            await conn.call((b"BLPOP", uuid.uuid4().hex.encode(), b"2"), timeout_s=0.2)
+        with pytest.raises(ConnectionError):
+            await conn.call((b"PING",), timeout_s=1)
+        return conn
+
+    assert asyncio.run(main()).closed
+
+
+@pytest.mark.parametrize("loop", _loops())
+def test_uploads_use_the_kept_connections(
+    redis_cluster: RedisClusterHandle, loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both upload commands go over the bare connections; the cluster client is not needed."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from telemeter.server import keys, snapshot
+    from telemeter.server.store import Store
+
+    latency = Histogram("t", "t", ["op"], registry=CollectorRegistry())
+    store = Store(
+        nodes=redis_cluster.startup_nodes,
+        password=redis_cluster.password,
+        ttl_ms=60_000,
+        ratelimit_ms=60_000,
+        latency=latency,
+    )
+    clusters = [f"resp-{uuid.uuid4().hex}" for _ in range(20)]
+    value = snapshot.encode(1000, 1, [("m", 1, b"m 1 1000\n")])
+
+    async def main() -> tuple[list[int], list[int], list[bytes]]:
+        try:
+            first = await asyncio.gather(
+                *(store.save_snapshot(c, value, now_ms=1000) for c in clusters)
+            )
+            again = await asyncio.gather(
+                *(store.save_snapshot(c, value, now_ms=1000) for c in clusters)
+            )
+            ranges = sorted({keys.cluster_range(c) for c in clusters})
+            stored = await store.load_snapshots(ranges, now_ms=1000)
+        finally:
+            await store.close()
+        return first, again, stored
+
+    with caplog.at_level("INFO", logger="telemeter.server.store"):
+        first, again, stored = _run(loop, main())
+    assert first == [0] * len(clusters)
+    assert all(0 < wait <= 60_000 for wait in again)  # rate limited, by the Lua script
+    assert stored.count(value) >= len(clusters)
+    assert not [r for r in caplog.records if "retrying via the cluster" in r.getMessage()]
