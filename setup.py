@@ -9,7 +9,7 @@ setup(
             Extension(
                 "telemeter.core._fastpass",
                 ["telemeter/core/_fastpass.pyx"],
-                extra_compile_args=["-O2"],
+                extra_compile_args=["-O3"],
                 libraries=["deflate"],  # libdeflate (Debian: libdeflate-dev)
             )
         ],

@@ -40,29 +40,31 @@ class HTTPProblem(TelemeterError):
         self.retry_after = retry_after
 
 
-def _answer(status: int, reason: str, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
+def problem(exc: TelemeterError) -> tuple[int, str, int | None]:
+    """The status, reason and Retry-After seconds (or None) of an error of ours."""
+    if isinstance(exc, HTTPProblem):
+        return exc.status, exc.reason, exc.retry_after
+    if isinstance(exc, TooLarge):
+        return 413, str(exc), None
+    if isinstance(exc, InvalidPayload):
+        return 400, str(exc), None
+    if isinstance(exc, InvalidToken):
+        return 401, f"unauthorized: {exc}", None
+    if isinstance(exc, AuthorizationDenied):
+        return exc.status_code, str(exc), exc.retry_after
+    if isinstance(exc, AuthorizationUnavailable):
+        return 500, str(exc), None
+    if isinstance(exc, StoreUnavailable):
+        return 503, "store unavailable, retry later", STORE_RETRY_AFTER_S
+    log.error("unmapped error type=%s error=%s", type(exc).__name__, exc)
+    return 500, "internal error", None
 
 
 def to_response(exc: TelemeterError) -> Response:
-    """The HTTP answer of an error of ours."""
-    if isinstance(exc, HTTPProblem):
-        return _answer(exc.status, exc.reason, exc.retry_after)
-    if isinstance(exc, TooLarge):
-        return _answer(413, str(exc))
-    if isinstance(exc, InvalidPayload):
-        return _answer(400, str(exc))
-    if isinstance(exc, InvalidToken):
-        return _answer(401, f"unauthorized: {exc}")
-    if isinstance(exc, AuthorizationDenied):
-        return _answer(exc.status_code, str(exc), exc.retry_after)
-    if isinstance(exc, AuthorizationUnavailable):
-        return _answer(500, str(exc))
-    if isinstance(exc, StoreUnavailable):
-        return _answer(503, "store unavailable, retry later", STORE_RETRY_AFTER_S)
-    log.error("unmapped error type=%s error=%s", type(exc).__name__, exc)
-    return _answer(500, "internal error")
+    """The HTTP answer of an error of ours: plain text with the reason."""
+    status, reason, retry_after = problem(exc)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:

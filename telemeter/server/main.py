@@ -11,60 +11,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from telemeter.core.addresses import parse_listen_address
 from telemeter.core.delimited import check_upb
 from telemeter.server.app import create_external_app, create_internal_app
+from telemeter.server.protocol import TelemeterProtocol
 from telemeter.server.runtime import Runtime
 from telemeter.server.settings import ServerSettings, parse_settings
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5
-
-
-class _HeadTimeoutProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol plus a deadline for the request head.
-
-    uvicorn has no timeout for a request whose head never completes (its keep-alive timer is
-    cancelled by the first byte), so a client sending half a header would hold its connection
-    forever. The head must now arrive within ``head_timeout_s`` (``--upload-timeout``) of the
-    connection or of the request's first byte.
-    """
-
-    head_timeout_s = 30.0
-    _head_timer: asyncio.TimerHandle | None = None
-
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_expired)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_expired(self) -> None:
-        if not self.transport.is_closing():
-            log.info("closing a connection whose request head did not arrive in time")
-            self.transport.close()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._arm_head_timer()
-
-    def on_headers_complete(self) -> None:
-        self._cancel_head_timer()
-        super().on_headers_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
 
 
 class _Server(uvicorn.Server):
@@ -76,11 +33,17 @@ class _Server(uvicorn.Server):
 
 
 def _config(
-    app: object, address: str, crt: Path | None, key: Path | None, *, head_timeout_s: float
+    app: object,
+    address: str,
+    crt: Path | None,
+    key: Path | None,
+    *,
+    head_timeout_s: float,
+    uploads: Runtime | None = None,
 ) -> uvicorn.Config:
     host, port = parse_listen_address(address)
     protocol = type(
-        "HeadTimeoutProtocol", (_HeadTimeoutProtocol,), {"head_timeout_s": head_timeout_s}
+        "Protocol", (TelemeterProtocol,), {"head_timeout_s": head_timeout_s, "runtime": uploads}
     )
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -110,6 +73,7 @@ async def serve(settings: ServerSettings) -> None:
                     settings.tls_crt,
                     settings.tls_key,
                     head_timeout_s=settings.upload_timeout,
+                    uploads=rt,
                 )
             ),
             _Server(

@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry, Counter
 
 from telemeter.core.textparse import parse_text
 from telemeter.server import keys, snapshot
-from telemeter.server.app import reject_reason
 from telemeter.server.errors import HTTPProblem
 from telemeter.server.keys import RANGES, SLOTS, SLOTS_PER_RANGE, cluster_range
 from telemeter.server.status_page import (
@@ -35,6 +34,7 @@ from telemeter.server.status_page import (
     render_status,
 )
 from telemeter.server.tokens import InvalidToken
+from telemeter.server.uploads import reject_reason
 from telemeter.tools.stack import ServerHandle
 from tests.support import authorize, encode_upload, upload
 
