@@ -67,6 +67,11 @@ class ServerMetrics:
             ["result"],
             registry=r,
         )
+        # The children every accepted upload touches, looked up once (labels() is not free).
+        self.upload_ok = self.requests.labels("200", "/upload", "post")
+        self.upload_duration = self.duration.labels("/upload")
+        self.overwritten_past = self.overwritten.labels("past")
+        self.overwritten_future = self.overwritten.labels("future")
 
 
 class HTTPMetrics:

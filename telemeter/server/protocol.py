@@ -109,8 +109,9 @@ class UploadCycle:
             status, reason = 500, "internal error"
         if status != 499:
             self._answer(status, reason, retry_after)
-        m.requests.labels(str(status), "/upload", "post").inc()
-        m.duration.labels("/upload").observe(time.perf_counter() - start)
+        count = m.upload_ok if status == 200 else m.requests.labels(str(status), "/upload", "post")
+        count.inc()
+        m.upload_duration.observe(time.perf_counter() - start)
 
     def _answer(self, status: int, reason: str, retry_after: int | None) -> None:
         protocol = self.protocol

@@ -74,7 +74,8 @@ class Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._parser = hiredis.Reader()
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        # Per command in flight: its future and the timer that fails it after the timeout.
+        self._waiters: deque[tuple[asyncio.Future[Any], asyncio.TimerHandle]] = deque()
         self._transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -102,7 +103,8 @@ class Connection(asyncio.Protocol):
         reply = self._parser.gets()
         while reply is not False:
             if self._waiters:
-                waiter = self._waiters.popleft()
+                waiter, timer = self._waiters.popleft()
+                timer.cancel()
                 if not waiter.done():  # its caller may have given up
                     waiter.set_result(reply)
             reply = self._parser.gets()
@@ -110,7 +112,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, timer = self._waiters.popleft()
+            timer.cancel()
             if not waiter.done():
                 waiter.set_exception(ConnectionError(f"redis connection lost: {exc!r}"))
 
@@ -120,16 +123,20 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def call(self, args: Sequence[bytes], *, timeout_s: float) -> Any:
-        """Send one command and wait for its reply."""
+    def _expire(self, waiter: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError("redis did not answer in time"))
+        self.close()  # the replies still to come could no longer be matched
+
+    def call(self, args: Sequence[bytes], *, timeout_s: float) -> asyncio.Future[Any]:
+        """Send one command; the future gets its reply, or TimeoutError after ``timeout_s``.
+
+        (A plain future with a timer: ``asyncio.timeout`` costs more than the rest of a call.)
+        """
         if self.closed or self._transport is None:
             raise ConnectionError("redis connection closed")
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append((waiter, loop.call_later(timeout_s, self._expire, waiter)))
         self._transport.write(encode(args))
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await waiter
-        except TimeoutError:
-            self.close()
-            raise
+        return waiter

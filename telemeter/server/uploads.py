@@ -115,17 +115,21 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
     # The body is read before taking an upload slot: a client trickling its body in holds its
     # connection until --upload-timeout, never a slot (decision 10 bounds the decoding).
     body = await read_body(s.limit_bytes, s.upload_timeout)
-    try:
-        await asyncio.wait_for(rt.upload_slots.acquire(), UPLOAD_SLOT_WAIT_S)
-    except TimeoutError as exc:
-        raise HTTPProblem(503, "too many uploads in progress", retry_after=1) from exc
+    slots = rt.upload_slots
+    if slots.locked():  # all taken: wait a little for one (wait_for costs a task, so only here)
+        try:
+            await asyncio.wait_for(slots.acquire(), UPLOAD_SLOT_WAIT_S)
+        except TimeoutError as exc:
+            raise HTTPProblem(503, "too many uploads in progress", retry_after=1) from exc
+    else:
+        await slots.acquire()
     try:
         now_ms = int(time.time()) * 1000  # the Go server stamps whole seconds
         value, counts = _render_snapshot(rt, body, encoding, token_labels, cluster_id, now_ms)
         del body  # only the small compressed snapshot is held while Redis answers
         wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
     finally:
-        rt.upload_slots.release()
+        slots.release()
     if wait_ms > 0:
         rt.remember_limit(cluster_id, wait_ms / 1000)
         raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait_ms / 1000))
@@ -133,8 +137,8 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
     m = rt.metrics
     m.uploads.inc()
     m.series.inc(counts.kept)
-    m.overwritten.labels("past").inc(counts.past)
-    m.overwritten.labels("future").inc(counts.future)
+    m.overwritten_past.inc(counts.past)
+    m.overwritten_future.inc(counts.future)
 
 
 def _render_snapshot(
