@@ -76,6 +76,8 @@ class UploadCycle:
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise TooLarge(f"request body larger than {limit} bytes")
+        if not self.complete and self.headers.get("expect", "").lower() == "100-continue":
+            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as curl asks
         try:
             async with asyncio.timeout(seconds):
                 while not (self.complete or self.size > limit or self.disconnected):

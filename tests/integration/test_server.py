@@ -402,3 +402,66 @@ def test_self_metrics_count_rejects_by_reason(server: ServerHandle) -> None:
     metrics = httpx.get(f"{server.internal}/metrics").text
     for name in ("http_requests_total", "telemeter_redis_duration_seconds", "telemeter_partitions"):
         assert name in metrics
+
+
+# ---- HTTP details of the upload path (answered straight from the parser) -----------------------
+
+
+def _raw_exchange(
+    server: ServerHandle, chunks: list[bytes], *, replies: int, end: bytes = b""
+) -> bytes:
+    """Send ``chunks`` on one connection, reading after each, until ``replies`` answers came
+    and what came ends with ``end``."""
+    import socket
+
+    url = httpx.URL(server.external)
+    assert url.host and url.port
+    received = b""
+    with socket.create_connection((url.host, url.port), timeout=10) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+            received += sock.recv(65536)
+        while received.count(b"HTTP/1.1 ") < replies or not received.endswith(end):
+            more = sock.recv(65536)
+            if not more:
+                break
+            received += more
+    return received
+
+
+def _upload_head(server: ServerHandle, jwt: str, body: bytes, *extra: str) -> bytes:
+    lines = [
+        "POST /upload HTTP/1.1",
+        f"Host: {httpx.URL(server.external).host}",
+        f"Authorization: Bearer {jwt}",
+        *(f"{name}: {value}" for name, value in UPLOAD_HEADERS.items()),
+        f"Content-Length: {len(body)}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_expect_100_continue_is_answered(server: ServerHandle) -> None:
+    """curl sends `Expect: 100-continue` for larger bodies and waits for the interim answer."""
+    cluster_id = new_id()
+    jwt = authorize(server, cluster_id)
+    body = encode_upload(standard_families(cluster_id, now_ms()))
+    got = _raw_exchange(
+        server, [_upload_head(server, jwt, body, "Expect: 100-continue"), body], replies=2
+    )
+    assert got.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), got[:200]
+    assert b"HTTP/1.1 200 OK" in got
+
+
+def test_uploads_keep_the_connection_alive_and_pipeline(server: ServerHandle) -> None:
+    """Two uploads and a health check pipelined on one connection: answered in order."""
+    cluster_id = new_id()
+    jwt = authorize(server, cluster_id)
+    body = encode_upload(standard_families(cluster_id, now_ms()))
+    host = httpx.URL(server.external).host
+    health = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    one = _upload_head(server, jwt, body) + body
+    got = _raw_exchange(server, [one + one + health], replies=3, end=b"ok\n")
+    statuses = [line for line in got.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [b"HTTP/1.1 200 OK"] * 3, got[:500]
+    assert got.endswith(b"\r\n\r\nok\n")  # the health answer came last
