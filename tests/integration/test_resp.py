@@ -102,7 +102,8 @@ def test_connection_timeout_closes_it(redis_cluster: RedisClusterHandle) -> None
     async def main() -> resp.Connection:
         conn = await resp.Connection.open(host, port, password=redis_cluster.password, timeout_s=5)
         with pytest.raises(TimeoutError):
-            await conn.call((b"BLPOP", uuid.uuid4().hex.encode(), b"2"), timeout_s=0.2)
+            # WAIT blocks for its 2 s (no node has 6 replicas), whatever slots the node serves.
+            await conn.call((b"WAIT", b"6", b"2000"), timeout_s=0.2)
         with pytest.raises(ConnectionError):
             await conn.call((b"PING",), timeout_s=1)
         return conn
