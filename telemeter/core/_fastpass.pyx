@@ -62,6 +62,35 @@ cdef extern from *:
         return n;
     }
 
+    /* CRC-32 of a concatenation from the CRCs of its parts (zlib's crc32_combine, 1.2.12+):
+       lets /federate compress the halves of a gzip answer on two threads. */
+    #define TM_POLY 0xedb88320u
+    static uint32_t tm_multmodp(uint32_t a, uint32_t b) {
+        uint32_t m = (uint32_t)1 << 31, p = 0;
+        for (;;) {
+            if (a & m) { p ^= b; if ((a & (m - 1)) == 0) break; }
+            m >>= 1;
+            b = b & 1 ? (b >> 1) ^ TM_POLY : b >> 1;
+        }
+        return p;
+    }
+    static uint32_t tm_x2n[32];
+    static void tm_crc_init(void) {
+        uint32_t p = (uint32_t)1 << 30;
+        tm_x2n[0] = p;
+        for (int n = 1; n < 32; n++) tm_x2n[n] = p = tm_multmodp(p, p);
+    }
+    static uint32_t tm_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2) {
+        uint32_t p = (uint32_t)1 << 31;
+        unsigned k = 3;
+        while (len2) {
+            if (len2 & 1) p = tm_multmodp(tm_x2n[k & 31], p);
+            len2 >>= 1;
+            k++;
+        }
+        return tm_multmodp(p, crc1) ^ crc2;
+    }
+
     /* Index of the first byte needing escape in a label value (backslash, quote, newline), or n.
        Eight bytes at a time: a byte equal to c makes (w ^ c*0x01..01) have a zero byte. */
     static Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n) {
@@ -130,6 +159,8 @@ cdef extern from *:
     void tm_names_init()
     int tm_valid_name(const unsigned char *s, Py_ssize_t n, int colon)
     Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n)
+    void tm_crc_init()
+    uint32_t tm_crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
     double fabs(double)
     int isnan(double)
     int isinf(double)
@@ -137,6 +168,12 @@ cdef extern from *:
     int snprintf(char *, size_t, const char *, ...)
 
 tm_names_init()
+tm_crc_init()
+
+
+def crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2):
+    """The CRC-32 of A+B from crc32(A), crc32(B) and len(B), as zlib's crc32_combine."""
+    return tm_crc32_combine(crc1, crc2, len2)
 
 
 DEF COUNTER = 0
@@ -299,7 +336,7 @@ cdef extern from *:
         char *data
         size_t len
         size_t cap
-    int tm_region_put(tm_region *r, const char *src, size_t n)
+    int tm_region_put(tm_region *r, const char *src, size_t n) nogil
     void tm_region_free(tm_region *r)
 
 
@@ -311,6 +348,7 @@ cdef class FamilyText:
     `memoryview(t)`), in memory that is given back to the system when it is dropped."""
 
     cdef tm_region region
+    cdef readonly Py_ssize_t clusters  # how many snapshots' texts are in it
 
     def __dealloc__(self):
         tm_region_free(&self.region)
@@ -358,7 +396,16 @@ def inflate(bytes value, Py_ssize_t offset, Py_ssize_t size):
     return out
 
 
+cdef struct Copy:
+    tm_region *dst
+    Py_ssize_t src
+    Py_ssize_t size
+
+
 DEF HEAD = 23  # magic (3) | push time (8) | series (4) | raw length (4) | deflate length (4)
+
+
+DEF MAX_KIND = 5  # the MetricType values (GAUGE_HISTOGRAM)
 
 
 cdef Py_ssize_t _table_end(const uint8_t *r, Py_ssize_t n):
@@ -368,7 +415,7 @@ cdef Py_ssize_t _table_end(const uint8_t *r, Py_ssize_t n):
         return -1
     count = (r[0] << 8) | r[1]
     for i in range(count):
-        if pos + 3 > n:
+        if pos + 3 > n or r[pos] > MAX_KIND:
             return -1
         pos += 3 + ((r[pos + 1] << 8) | r[pos + 2])
         if pos + 4 > n:
@@ -381,24 +428,27 @@ cdef Py_ssize_t _table_end(const uint8_t *r, Py_ssize_t n):
 
 
 def merge_snapshots(list values, int64_t oldest_ms, bytes magic, Py_ssize_t max_raw):
-    """Group the family texts of stored snapshots per family (telemeter.server.snapshot).
+    """Group the family texts of stored snapshots per family and type (telemeter.server.snapshot).
 
     Each value is inflated once by libdeflate into one reused buffer, and each family's text is
-    appended to that family's `FamilyText`. Returns ``(families, clusters, series, corrupt,
-    conflicts)`` where ``families`` maps a family name to ``[kind, text]``. Snapshots pushed
-    before ``oldest_ms`` are skipped; values that do not inflate or parse are counted in
-    ``corrupt`` and contribute nothing. Type conflicts follow ``snapshot.merge``.
+    appended to the `FamilyText` of its (family, type). Returns ``(families, clusters, series,
+    corrupt)`` where ``families`` maps a family name, in the order first seen, to a list indexed
+    by type of `FamilyText` or None, followed by the type seen first. Snapshots pushed before ``oldest_ms`` are skipped; values
+    that do not inflate or parse are counted in ``corrupt`` and contribute nothing.
     """
     cdef dict families = {}
     cdef Py_ssize_t clusters = 0, series = 0, corrupt = 0, conflicts = 0
-    cdef Py_ssize_t n, raw_len, pos, text_pos, name_len, size, i, count
+    cdef Py_ssize_t n, raw_len, pos, text_pos, name_len, size, i, count, ncopies, copies_cap = 0
     cdef const uint8_t *d
     cdef const uint8_t *r
-    cdef int kind, have
-    cdef list entry
+    cdef char *out
+    cdef int kind, status, failed
+    cdef list texts
     cdef bytes value
     cdef FamilyText text
     cdef Buf scratch
+    cdef Copy *copies = NULL
+    cdef Copy *grown
     cdef libdeflate_decompressor *inflater = libdeflate_alloc_decompressor()
     if inflater == NULL:
         raise MemoryError()
@@ -419,10 +469,15 @@ def merge_snapshots(list values, int64_t oldest_ms, bytes magic, Py_ssize_t max_
                 corrupt += 1
                 continue
             grow(&scratch, raw_len)
-            if libdeflate_deflate_decompress(inflater, d + HEAD, n - HEAD, scratch.data, raw_len, NULL) != 0:
+            out = scratch.data
+            # The inflating and the copies run without the GIL: merges of several halves of
+            # the snapshots can run on several threads (snapshot.merge).
+            with nogil:
+                status = libdeflate_deflate_decompress(inflater, d + HEAD, n - HEAD, out, raw_len, NULL)
+            if status != 0:
                 corrupt += 1  # bad data, or not exactly raw_len bytes
                 continue
-            r = <const uint8_t *>scratch.data
+            r = <const uint8_t *>out
             text_pos = _table_end(r, raw_len)
             if text_pos < 0:
                 corrupt += 1
@@ -430,6 +485,13 @@ def merge_snapshots(list values, int64_t oldest_ms, bytes magic, Py_ssize_t max_
             clusters += 1
             series += be32(d + 11)
             count = (r[0] << 8) | r[1]
+            if count > copies_cap:
+                grown = <Copy *>realloc(copies, count * sizeof(Copy))
+                if grown == NULL:
+                    raise MemoryError()
+                copies = grown
+                copies_cap = count
+            ncopies = 0
             pos = 2
             for i in range(count):
                 kind = r[pos]
@@ -438,30 +500,34 @@ def merge_snapshots(list values, int64_t oldest_ms, bytes magic, Py_ssize_t max_
                 pos += 3 + name_len
                 size = be32(r + pos)
                 pos += 4
-                entry = families.get(name)
-                if entry is None:
-                    entry = [kind, FamilyText()]
-                    families[name] = entry
-                else:
-                    have = entry[0]
-                    if have != kind:
-                        if _simple(have) and _simple(kind):
-                            entry[0] = 3  # untyped
-                        else:
-                            conflicts += 1
-                            text_pos += size
-                            continue
-                text = entry[1]
-                text.put(<const char *>r + text_pos, size)
+                texts = families.get(name)
+                if texts is None:
+                    texts = [None] * (MAX_KIND + 1)
+                    texts.append(kind)  # last: the type seen first
+                    families[name] = texts
+                text = texts[kind]
+                if text is None:
+                    text = FamilyText()
+                    texts[kind] = text
+                text.clusters += 1
+                copies[ncopies].dst = &text.region
+                copies[ncopies].src = text_pos
+                copies[ncopies].size = size
+                ncopies += 1
                 text_pos += size
+            failed = 0
+            with nogil:
+                for i in range(ncopies):
+                    if tm_region_put(copies[i].dst, out + copies[i].src, copies[i].size) != 0:
+                        failed = 1
+                        break
+            if failed:
+                raise MemoryError()
     finally:
+        free(copies)
         free(scratch.data)
         libdeflate_free_decompressor(inflater)
-    return families, clusters, series, corrupt, conflicts
-
-
-cdef inline bint _simple(int kind):
-    return kind == 0 or kind == 1 or kind == 3  # counter, gauge, untyped
+    return families, clusters, series, corrupt
 
 
 # ---- protobuf wire reading -------------------------------------------------------------------

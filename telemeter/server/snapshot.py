@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from isal import isal_zlib
 
-from telemeter.core._fastpass import inflate, merge_snapshots
+from telemeter.core._fastpass import crc32_combine, inflate, merge_snapshots
 from telemeter.core.errors import TelemeterError
 from telemeter.core.exposition import TYPE_NAMES, escape_label_value, format_value
 
@@ -38,7 +39,6 @@ _FAMILY = struct.Struct(">BH")
 _TEXT = struct.Struct(">I")
 DEFLATE_LEVEL = 1  # ISA-L level 1: several times less CPU than zlib's level 1, same size
 RAW_DEFLATE = -15
-GZIP = 31  # wbits of a gzip wrapper
 # A stored snapshot never inflates to more than this (uploads are capped far below it).
 MAX_RAW = 256 * 1024 * 1024
 PUSH_TIME_FAMILY = "telemeter_push_time_seconds"
@@ -121,8 +121,8 @@ def decode(value: bytes) -> Snapshot:
 class Merged:
     """Snapshots grouped per family, ready to be written as one exposition.
 
-    ``families`` maps a name to ``[kind, text]``: the family's lines from every cluster, in
-    cluster order, in one buffer (`_fastpass.FamilyText`).
+    ``families`` maps a name to ``[kind, texts]``: the family's lines from every cluster, in a
+    few buffers (`_fastpass.FamilyText`, one per type and per half of the snapshots).
     """
 
     families: dict[str, list[Any]] = field(default_factory=dict)
@@ -132,19 +132,53 @@ class Merged:
     conflicts: int = 0
 
 
+COUNTER, GAUGE, UNTYPED = 0, 1, 3  # MetricType values
+SIMPLE = (COUNTER, GAUGE, UNTYPED)  # types served together, as untyped when they differ
+# Below this many snapshots one thread merges them all; above, two halves merge in parallel
+# (the compiled merge inflates and copies without the GIL).
+PARALLEL_MIN = 64
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
+
+
 def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
     """Group the families of many stored snapshots by name, so each name is written once.
 
-    Runs compiled (`_fastpass.merge_snapshots`): there is no Python work per family per cluster.
-    Snapshots pushed before ``oldest_ms`` are left out; values that do not parse are counted in
-    ``corrupt``. When clusters disagree on a family's type: counters, gauges and untyped families
-    are served together as ``untyped``; otherwise the texts whose type differs from the first
-    one seen are left out and counted in ``conflicts`` (the text would not be valid with both).
+    Runs compiled (`_fastpass.merge_snapshots`), with no Python work per family per cluster; the
+    second half of the snapshots is merged on a worker thread meanwhile. Snapshots pushed before
+    ``oldest_ms`` are left out; values that do not parse are counted in ``corrupt``. When clusters
+    disagree on a family's type, the type seen first decides: if it is a counter, gauge or
+    untyped, every counter, gauge and untyped text is served, as ``untyped`` when they differ;
+    otherwise only the texts of that type are. Texts left out are counted in ``conflicts`` (the
+    exposition would not be valid with both).
     """
-    families, clusters, series, corrupt, conflicts = merge_snapshots(
-        values, oldest_ms, MAGIC, MAX_RAW
-    )
-    return Merged(families, clusters, series, corrupt, conflicts)
+    if len(values) < PARALLEL_MIN:
+        parts = [merge_snapshots(values, oldest_ms, MAGIC, MAX_RAW)]
+    else:
+        half = len(values) // 2
+        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAGIC, MAX_RAW)
+        parts = [merge_snapshots(values[:half], oldest_ms, MAGIC, MAX_RAW), second.result()]
+    merged = Merged()
+    grouped: dict[str, list[Any]] = {}  # name -> [first kind, texts per kind]
+    for families, clusters, series, corrupt in parts:
+        merged.clusters += clusters
+        merged.series += series
+        merged.corrupt += corrupt
+        for name, texts in families.items():
+            entry = grouped.get(name)
+            if entry is None:
+                grouped[name] = entry = [texts[-1], [[] for _ in texts[:-1]]]
+            for kind, text in enumerate(texts[:-1]):
+                if text is not None:
+                    entry[1][kind].append(text)
+    for name, (first, by_kind) in grouped.items():
+        kinds = SIMPLE if first in SIMPLE else (first,)
+        present = [k for k in kinds if by_kind[k]]
+        kind = first if present == [first] else UNTYPED
+        merged.families[name] = [kind, [text for k in kinds for text in by_kind[k]]]
+        merged.conflicts += sum(
+            text.clusters for k, texts in enumerate(by_kind) if k not in kinds for text in texts
+        )
+    return merged
 
 
 def _type_line(name: str, kind: int) -> bytes:
@@ -152,17 +186,52 @@ def _type_line(name: str, kind: int) -> bytes:
 
 
 def write_plain(merged: Merged) -> Iterator[bytes | memoryview]:
-    """The merged exposition as plain text (each family's buffer is sent without a copy)."""
-    for name, (kind, text) in merged.families.items():
+    """The merged exposition as plain text (the family buffers are sent without a copy)."""
+    for name, (kind, texts) in merged.families.items():
         yield _type_line(name, kind)
-        yield memoryview(text)
+        for text in texts:
+            yield memoryview(text)
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
+# Below this much text one thread compresses all of a gzip answer.
+PARALLEL_GZIP_MIN = 4 * 1024 * 1024
+
+
+def _deflate(families: list[tuple[str, list[Any]]], *, final: bool) -> tuple[list[bytes], int, int]:
+    """Raw deflate of some families' text (ending with a full flush unless ``final``), with the
+    CRC-32 and length of that text. ISA-L releases the GIL while it compresses."""
+    stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
+    out: list[bytes] = []
+    crc = size = 0
+    for name, (kind, texts) in families:
+        for part in (_type_line(name, kind), *texts):
+            out.append(stream.compress(part))
+            crc = isal_zlib.crc32(part, crc)
+            size += len(part)
+    out.append(stream.flush(isal_zlib.Z_FINISH if final else isal_zlib.Z_FULL_FLUSH))
+    return out, crc, size
 
 
 def write_gzip(merged: Merged) -> Iterator[bytes]:
-    """The merged exposition as one gzip member, compressed by ISA-L as it is written."""
-    stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, GZIP)
-    for name, (kind, text) in merged.families.items():
-        chunk = stream.compress(_type_line(name, kind)) + stream.compress(text)
-        if chunk:
-            yield chunk
-    yield stream.flush()
+    """The merged exposition as one gzip member, compressed by ISA-L as it is written.
+
+    A large answer is cut in two at a family boundary; the second part is compressed on a
+    worker thread meanwhile. The first part ends with a full flush, so the second needs none of
+    its data, and the trailer's CRC-32 is combined from the two parts' CRCs.
+    """
+    families = list(merged.families.items())
+    sizes = [sum(len(text) for text in texts) for _, (_, texts) in families]
+    total, cut, acc = sum(sizes), len(families), 0
+    if total >= PARALLEL_GZIP_MIN:
+        for cut, size in enumerate(sizes, 1):  # noqa: B007 (cut is used after the loop)
+            acc += size
+            if acc >= total / 2:
+                break
+    second = _POOL.submit(_deflate, families[cut:], final=True)
+    first_out, crc, size = _deflate(families[:cut], final=False)
+    yield GZIP_HEADER + b"".join(first_out)
+    second_out, crc2, size2 = second.result()
+    yield b"".join(second_out)
+    crc = crc32_combine(crc, crc2, size2)
+    yield struct.pack("<II", crc, (size + size2) & 0xFFFFFFFF)

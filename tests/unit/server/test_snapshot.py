@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import random
 import zlib
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +22,7 @@ GAUGE, COUNTER, SUMMARY, HISTOGRAM = (
 )
 
 
-def snap(cluster: str, families: dict[str, int], push: int = 1000) -> bytes:
+def snap(cluster: str, families: Mapping[str, int], push: int = 1000) -> bytes:
     items = [
         (name, kind, f'{name}{{_id="{cluster}"}} 1 {push}\n'.encode())
         for name, kind in families.items()
@@ -92,14 +94,65 @@ def test_gzip_answer_is_one_member_equal_to_the_plain_answer() -> None:
     assert plain.index(b'b{_id="x"}') < plain.index(b'b{_id="y"}') < plain.index(b"# TYPE c")
 
 
+def _text(merged: snapshot.Merged, name: str) -> bytes:
+    return b"".join(bytes(text) for text in merged.families[name][1])
+
+
 def test_type_conflicts() -> None:
     simple = snapshot.merge([snap("x", {"m": GAUGE}), snap("y", {"m": COUNTER})])
     assert simple.families["m"][0] == metrics_pb2.UNTYPED
-    assert bytes(simple.families["m"][1]) == (b'm{_id="x"} 1 1000\nm{_id="y"} 1 1000\n')
+    assert sorted(_text(simple, "m").splitlines()) == [b'm{_id="x"} 1 1000', b'm{_id="y"} 1 1000']
     complex_ = snapshot.merge([snap("x", {"m": SUMMARY}), snap("y", {"m": HISTOGRAM})])
     assert complex_.families["m"][0] == SUMMARY
-    assert bytes(complex_.families["m"][1]) == b'm{_id="x"} 1 1000\n'
+    assert _text(complex_, "m") == b'm{_id="x"} 1 1000\n'
     assert complex_.conflicts == 1
+
+
+def _reference_merge(values: list[bytes]) -> tuple[dict[str, tuple[int, list[bytes]]], int]:
+    """The type rule, plainly: the type seen first decides what is served."""
+    first: dict[str, int] = {}
+    texts: dict[str, list[tuple[int, bytes]]] = {}
+    for value in values:
+        for family in snapshot.decode(value).families:
+            first.setdefault(family.name, family.kind)
+            texts.setdefault(family.name, []).append((family.kind, family.text))
+    out, conflicts = {}, 0
+    for name, kind in first.items():
+        allowed = snapshot.SIMPLE if kind in snapshot.SIMPLE else (kind,)
+        kept = [(k, t) for k, t in texts[name] if k in allowed]
+        conflicts += len(texts[name]) - len(kept)
+        served = kind if {k for k, _ in kept} == {kind} else snapshot.UNTYPED
+        out[name] = (served, sorted(line for _, t in kept for line in t.splitlines()))
+    return out, conflicts
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from("abc"),
+            st.sampled_from([GAUGE, COUNTER, metrics_pb2.UNTYPED, SUMMARY, HISTOGRAM]),
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_merge_follows_the_type_rule_with_or_without_threads(
+    clusters: list[dict[str, int]],
+) -> None:
+    """Merged in two halves on two threads (from PARALLEL_MIN snapshots) or in one: the same
+    families, types, lines and conflicts as the plain rule."""
+    values = [snap(f"c{i}", fams) for i, fams in enumerate(clusters)]
+    merged = snapshot.merge(values)
+    expected, conflicts = _reference_merge(values)
+    got = {
+        name: (kind, sorted(b"".join(map(bytes, texts)).splitlines()))
+        for name, (kind, texts) in merged.families.items()
+    }
+    assert got == expected
+    assert list(merged.families) == list(expected)  # families in the order first seen
+    assert merged.conflicts == conflicts and merged.clusters == len(values)
 
 
 def test_merge_skips_old_and_corrupt_values_whole() -> None:
@@ -133,3 +186,45 @@ def test_gzip_always_matches_plain(clusters: list[dict[str, int]]) -> None:
     plain = b"".join(snapshot.write_plain(merged))
     assert zlib.decompressobj(31).decompress(b"".join(snapshot.write_gzip(merged))) == plain
     assert merged.clusters == len(clusters)
+
+
+@pytest.mark.parametrize("count", [5, snapshot.PARALLEL_MIN, 301])
+@pytest.mark.parametrize("seed", range(4))
+def test_merge_in_halves_matches_the_rule_at_every_size(count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    kinds = [GAUGE, COUNTER, metrics_pb2.UNTYPED, SUMMARY, HISTOGRAM]
+    clusters = [
+        {name: rng.choice(kinds) for name in rng.sample("abcdef", rng.randint(0, 4))}
+        for _ in range(count)
+    ]
+    values = [snap(f"c{i}", fams) for i, fams in enumerate(clusters)]
+    merged = snapshot.merge(values)
+    expected, conflicts = _reference_merge(values)
+    got = {
+        name: (kind, sorted(b"".join(map(bytes, texts)).splitlines()))
+        for name, (kind, texts) in merged.families.items()
+    }
+    assert got == expected and merged.conflicts == conflicts
+    plain = b"".join(snapshot.write_plain(merged))
+    assert zlib.decompressobj(31).decompress(b"".join(snapshot.write_gzip(merged))) == plain
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 10**9])
+def test_gzip_in_two_parts_is_one_member_equal_to_plain(
+    threshold: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compressed in two parts on two threads (or one): still one gzip member, CRC included."""
+    monkeypatch.setattr(snapshot, "PARALLEL_GZIP_MIN", threshold)
+    rng = random.Random(threshold)
+    clusters = [{n: GAUGE for n in rng.sample("abcdefgh", 5)} for _ in range(80)]
+    merged = snapshot.merge([snap(f"c{i}", fams) for i, fams in enumerate(clusters)])
+    plain = b"".join(snapshot.write_plain(merged))
+    body = b"".join(snapshot.write_gzip(merged))
+    first_member = zlib.decompressobj(31)
+    assert first_member.decompress(body) == plain and first_member.eof
+    assert not first_member.unused_data
+    assert gzip.decompress(body) == plain  # checks the CRC-32 and the length
+
+
+def test_gzip_of_nothing_is_valid() -> None:
+    assert gzip.decompress(b"".join(snapshot.write_gzip(snapshot.merge([])))) == b""
