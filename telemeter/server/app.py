@@ -1,6 +1,7 @@
 """The two FastAPI apps of a server process: the external and the internal listener.
 
-External (untrusted, behind the load balancer): ``/authorize``, ``/upload``, health.
+External (untrusted, behind the load balancer): ``/authorize``, health; ``POST /upload`` is
+answered by the HTTP protocol itself (`telemeter.server.protocol`) and never reaches this app.
 Internal (the central Prometheus only): ``/federate``, ``/metrics``, health. Internal endpoints
 are not routed on the external app at all (PROTOCOL.md section 5).
 """
