@@ -21,9 +21,11 @@ Layout of the stored value (integers big-endian)::
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from isal import isal_zlib
@@ -221,17 +223,23 @@ def write_gzip(merged: Merged) -> Iterator[bytes]:
     its data, and the trailer's CRC-32 is combined from the two parts' CRCs.
     """
     families = list(merged.families.items())
-    sizes = [sum(len(text) for text in texts) for _, (_, texts) in families]
-    total, cut, acc = sum(sizes), len(families), 0
-    if total >= PARALLEL_GZIP_MIN:
-        for cut, size in enumerate(sizes, 1):  # noqa: B007 (cut is used after the loop)
-            acc += size
-            if acc >= total / 2:
-                break
-    second = _POOL.submit(_deflate, families[cut:], final=True)
-    first_out, crc, size = _deflate(families[:cut], final=False)
-    yield GZIP_HEADER + b"".join(first_out)
-    second_out, crc2, size2 = second.result()
-    yield b"".join(second_out)
-    crc = crc32_combine(crc, crc2, size2)
-    yield struct.pack("<II", crc, (size + size2) & 0xFFFFFFFF)
+    ends = list(accumulate(sum(map(len, texts)) for _, (_, texts) in families))
+    total = ends[-1] if ends else 0
+    cut = bisect_left(ends, total / 2) + 1 if total >= PARALLEL_GZIP_MIN else len(families)
+    out, crc, size = (
+        _deflate(families, final=True)  # small, or one family holds most of it: one part
+        if cut >= len(families)
+        else _deflate_in_two(families[:cut], families[cut:])
+    )
+    yield GZIP_HEADER + b"".join(out)
+    yield struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def _deflate_in_two(
+    first: list[tuple[str, list[Any]]], second: list[tuple[str, list[Any]]]
+) -> tuple[list[bytes], int, int]:
+    """`_deflate` of first + second, the second part on a worker thread meanwhile."""
+    later = _POOL.submit(_deflate, second, final=True)
+    out, crc, size = _deflate(first, final=False)
+    out2, crc2, size2 = later.result()
+    return out + out2, crc32_combine(crc, crc2, size2), size + size2

@@ -126,6 +126,14 @@ def _reference_merge(values: list[bytes]) -> tuple[dict[str, tuple[int, list[byt
     return out, conflicts
 
 
+def _served(merged: snapshot.Merged) -> dict[str, tuple[int, list[bytes]]]:
+    """What is served per family: its type and its lines (in any order)."""
+    return {
+        name: (kind, sorted(b"".join(map(bytes, texts)).splitlines()))
+        for name, (kind, texts) in merged.families.items()
+    }
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
@@ -146,10 +154,7 @@ def test_merge_follows_the_type_rule_with_or_without_threads(
     values = [snap(f"c{i}", fams) for i, fams in enumerate(clusters)]
     merged = snapshot.merge(values)
     expected, conflicts = _reference_merge(values)
-    got = {
-        name: (kind, sorted(b"".join(map(bytes, texts)).splitlines()))
-        for name, (kind, texts) in merged.families.items()
-    }
+    got = _served(merged)
     assert got == expected
     assert list(merged.families) == list(expected)  # families in the order first seen
     assert merged.conflicts == conflicts and merged.clusters == len(values)
@@ -200,10 +205,7 @@ def test_merge_in_halves_matches_the_rule_at_every_size(count: int, seed: int) -
     values = [snap(f"c{i}", fams) for i, fams in enumerate(clusters)]
     merged = snapshot.merge(values)
     expected, conflicts = _reference_merge(values)
-    got = {
-        name: (kind, sorted(b"".join(map(bytes, texts)).splitlines()))
-        for name, (kind, texts) in merged.families.items()
-    }
+    got = _served(merged)
     assert got == expected and merged.conflicts == conflicts
     plain = b"".join(snapshot.write_plain(merged))
     assert zlib.decompressobj(31).decompress(b"".join(snapshot.write_gzip(merged))) == plain
