@@ -186,6 +186,8 @@ DEF MAX_KEY = 4294967295
 DEF NO_TS = -9223372036854775807
 DEF DROP = 0
 DEF PER_SERIES = 2
+DEF KEPT = -1  # label actions of the pass (else the index of the extra label replacing it)
+DEF ELIDED = -2
 
 cdef struct Buf:
     char *data
@@ -437,6 +439,9 @@ def merge_snapshots(list values, int64_t oldest_ms, bytes magic, Py_ssize_t max_
     that do not inflate or parse are counted in ``corrupt`` and contribute nothing.
     """
     cdef dict families = {}
+    cdef list seen = []  # per place in the family table: (name, its entry in families) last seen
+    cdef tuple cached
+    cdef bytes known
     cdef Py_ssize_t clusters = 0, series = 0, corrupt = 0, conflicts = 0
     cdef Py_ssize_t n, raw_len, pos, text_pos, name_len, size, i, count, ncopies, copies_cap = 0
     cdef const uint8_t *d
@@ -496,15 +501,28 @@ def merge_snapshots(list values, int64_t oldest_ms, bytes magic, Py_ssize_t max_
             for i in range(count):
                 kind = r[pos]
                 name_len = (r[pos + 1] << 8) | r[pos + 2]
-                name = PyUnicode_DecodeUTF8(<const char *>r + pos + 3, name_len, "replace")
+                texts = None
+                if i < len(seen):  # the usual case: the family at this place in the last snapshot
+                    cached = <tuple>seen[i]
+                    known = <bytes>cached[0]
+                    if (PyBytes_GET_SIZE(known) == name_len
+                            and memcmp(PyBytes_AS_STRING(known), r + pos + 3, name_len) == 0):
+                        texts = <list>cached[1]
+                if texts is None:
+                    name = PyUnicode_DecodeUTF8(<const char *>r + pos + 3, name_len, "replace")
+                    texts = families.get(name)
+                    if texts is None:
+                        texts = [None] * (MAX_KIND + 1)
+                        texts.append(kind)  # last: the type seen first
+                        families[name] = texts
+                    cached = (PyBytes_FromStringAndSize(<const char *>r + pos + 3, name_len), texts)
+                    if i < len(seen):
+                        seen[i] = cached
+                    else:
+                        seen.append(cached)
                 pos += 3 + name_len
                 size = be32(r + pos)
                 pos += 4
-                texts = families.get(name)
-                if texts is None:
-                    texts = [None] * (MAX_KIND + 1)
-                    texts.append(kind)  # last: the type seen first
-                    families[name] = texts
                 text = texts[kind]
                 if text is None:
                     text = FamilyText()
@@ -666,6 +684,12 @@ cdef inline bint same(const char *a, Py_ssize_t an, const char *b, Py_ssize_t bn
     return an == bn and memcmp(a, b, an) == 0
 
 
+cdef inline bint before(const char *a, Py_ssize_t an, const char *b, Py_ssize_t bn):
+    """Whether name a sorts strictly before name b (bytewise)."""
+    cdef int c = memcmp(a, b, an if an < bn else bn)
+    return c < 0 or (c == 0 and an < bn)
+
+
 # ---- the pass ---------------------------------------------------------------------------------
 
 cdef class _Pass:
@@ -680,7 +704,13 @@ cdef class _Pass:
     cdef Py_ssize_t max_series, max_labels, max_len
     cdef int64_t now_ms, min_ts
     cdef Label *labels
-    cdef bint *extra_used
+    # The label names of the last metric whose names passed the checks, and what they decide:
+    # the next metric with the same names (the usual case) skips the name checks and lookups.
+    cdef Label *shape
+    cdef Py_ssize_t shape_n  # -1 until a metric has passed
+    cdef Py_ssize_t *token_at  # per required token label: its index among the names, or -1
+    cdef Py_ssize_t *action  # per name: ELIDED, KEPT, or the index of the extra label replacing it
+    cdef bint *extra_used  # per extra label: it replaces one of the names (else it is appended)
     cdef Buf lbuf
     cdef Buf fbuf
     cdef char ts[32]
@@ -692,6 +722,9 @@ cdef class _Pass:
         free(self.extras)
         free(self.elide)
         free(self.labels)
+        free(self.shape)
+        free(self.token_at)
+        free(self.action)
         free(self.extra_used)
         free(self.lbuf.data)
         free(self.fbuf.data)
@@ -703,28 +736,19 @@ cdef class _Pass:
         cdef const char *name
         cdef const char *value
         cdef Py_ssize_t name_len, value_len
-        cdef bint skipped
         b.len = 0
-        for j in range(self.nextras):
-            self.extra_used[j] = False
         for i in range(nlabels):
+            j = self.action[i]
+            if j == ELIDED:
+                continue
             name = <const char *>self.d + self.labels[i].name
             name_len = self.labels[i].name_len
-            skipped = False
-            for j in range(self.nelide):
-                if same(name, name_len, self.elide[j].name, self.elide[j].name_len):
-                    skipped = True
-                    break
-            if skipped:
-                continue
-            value = <const char *>self.d + self.labels[i].value
-            value_len = self.labels[i].value_len
-            for j in range(self.nextras):
-                if same(name, name_len, self.extras[j].name, self.extras[j].name_len):
-                    value = self.extras[j].value
-                    value_len = self.extras[j].value_len
-                    self.extra_used[j] = True
-                    break
+            if j == KEPT:
+                value = <const char *>self.d + self.labels[i].value
+                value_len = self.labels[i].value_len
+            else:
+                value = self.extras[j].value
+                value_len = self.extras[j].value_len
             if value_len == 0:
                 continue
             put(b, "," if b.len else "{", 1)
@@ -907,23 +931,76 @@ cdef class _Pass:
             free(extra.data)
         return 0
 
-    cdef int check_labels(self, Py_ssize_t nlabels, str family) except -1:
+    cdef bint same_shape(self, Py_ssize_t nlabels):
+        """Whether the metric's label names are those of the last metric that passed."""
+        cdef const char *d = <const char *>self.d
+        cdef Py_ssize_t i
+        if nlabels != self.shape_n:
+            return False
+        for i in range(nlabels):
+            if not same(d + self.labels[i].name, self.labels[i].name_len,
+                        d + self.shape[i].name, self.shape[i].name_len):
+                return False
+        return True
+
+    cdef int learn_shape(self, Py_ssize_t nlabels, str family) except -1:
+        """Check the metric's label names (valid, none twice) and record what they decide."""
         cdef Py_ssize_t i, j
         cdef const uint8_t *d = self.d
         cdef Label *l
+        cdef bint ordered = True
         for i in range(nlabels):
             l = &self.labels[i]
             if l.name_len > self.max_len or not valid_name(d + l.name, l.name_len, False):
                 name = PyBytes_FromStringAndSize(<const char *>d + l.name, min(l.name_len, 64))
                 raise InvalidPayload(f"family {family} has an invalid label name {name!r}")
-            if not tm_valid_utf8(d + l.value, l.value_len):
+            if i and ordered:  # names in strictly increasing order cannot repeat
+                ordered = before(<const char *>d + self.labels[i - 1].name, self.labels[i - 1].name_len,
+                                 <const char *>d + l.name, l.name_len)
+        if not ordered:
+            for i in range(nlabels):
+                l = &self.labels[i]
+                for j in range(i):
+                    if same(<const char *>d + l.name, l.name_len,
+                            <const char *>d + self.labels[j].name, self.labels[j].name_len):
+                        raise InvalidPayload(f"a label appears twice in a metric of family {family}")
+        for j in range(self.ntokens):
+            self.token_at[j] = -1
+            for i in range(nlabels):
+                if same(<const char *>d + self.labels[i].name, self.labels[i].name_len,
+                        self.tokens[j].name, self.tokens[j].name_len):
+                    self.token_at[j] = i
+                    break
+        for j in range(self.nextras):
+            self.extra_used[j] = False
+        for i in range(nlabels):
+            self.action[i] = KEPT
+            for j in range(self.nelide):
+                if same(<const char *>d + self.labels[i].name, self.labels[i].name_len,
+                        self.elide[j].name, self.elide[j].name_len):
+                    self.action[i] = ELIDED
+                    break
+            if self.action[i] == ELIDED:
+                continue
+            for j in range(self.nextras):
+                if same(<const char *>d + self.labels[i].name, self.labels[i].name_len,
+                        self.extras[j].name, self.extras[j].name_len):
+                    self.action[i] = j
+                    self.extra_used[j] = True
+                    break
+        memcpy(self.shape, self.labels, nlabels * sizeof(Label))
+        self.shape_n = nlabels
+        return 0
+
+    cdef int check_values(self, Py_ssize_t nlabels, str family) except -1:
+        cdef Py_ssize_t i
+        cdef Label *l
+        for i in range(nlabels):
+            l = &self.labels[i]
+            if not tm_valid_utf8(self.d + l.value, l.value_len):
                 raise InvalidPayload(f"a label of family {family} is not valid UTF-8")
             if l.value_len > self.max_len:
                 raise InvalidPayload(f"a label of family {family} is longer than {self.max_len} bytes")
-            for j in range(i):
-                if same(<const char *>d + l.name, l.name_len,
-                        <const char *>d + self.labels[j].name, self.labels[j].name_len):
-                    raise InvalidPayload(f"a label appears twice in a metric of family {family}")
         return 0
 
     cdef dict label_dict(self, Py_ssize_t nlabels):
@@ -942,7 +1019,7 @@ cdef class _Pass:
         cdef int field, wire, lfield, lwire
         cdef uint64_t raw_ts
         cdef int64_t ts = 0
-        cdef bint has_ts = False, found
+        cdef bint has_ts = False
         cdef Span sub
         cdef Span values[8]
         cdef bint has_value[8]
@@ -988,7 +1065,9 @@ cdef class _Pass:
                 skip(d, &pos, span.end, wire)
         if nlabels > self.max_labels:
             raise TooLarge(f"a metric of family {family} has more than {self.max_labels} labels")
-        self.check_labels(nlabels, family)
+        if not self.same_shape(nlabels):
+            self.learn_shape(nlabels, family)
+        self.check_values(nlabels, family)
         if not has_ts:
             raise InvalidPayload(f"a metric of family {family} has no timestamp")
         if ts < self.min_ts:
@@ -997,13 +1076,9 @@ cdef class _Pass:
             raise InvalidPayload(f"metrics of family {family} are not in timestamp order")
         last_ts[0] = ts
         for j in range(self.ntokens):
-            found = False
-            for i in range(nlabels):
-                l = &self.labels[i]
-                if same(<const char *>d + l.name, l.name_len, self.tokens[j].name, self.tokens[j].name_len):
-                    found = same(<const char *>d + l.value, l.value_len, self.tokens[j].value, self.tokens[j].value_len)
-                    break
-            if not found:
+            i = self.token_at[j]
+            if i < 0 or not same(<const char *>d + self.labels[i].value, self.labels[i].value_len,
+                                 self.tokens[j].value, self.tokens[j].value_len):
                 key = PyBytes_FromStringAndSize(self.tokens[j].name, self.tokens[j].name_len).decode()
                 value = PyBytes_FromStringAndSize(self.tokens[j].value, self.tokens[j].value_len).decode()
                 raise InvalidPayload(f"a metric of family {family} lacks the label {key}={value}")
@@ -1071,8 +1146,13 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
     p.elide = to_pairs(elide)
     p.nelide = len(elide)
     p.labels = <Label *>malloc((p.max_labels + 1) * sizeof(Label))
+    p.shape = <Label *>malloc((p.max_labels + 1) * sizeof(Label))
+    p.shape_n = -1
+    p.token_at = <Py_ssize_t *>malloc((p.ntokens + 1) * sizeof(Py_ssize_t))
+    p.action = <Py_ssize_t *>malloc((p.max_labels + 1) * sizeof(Py_ssize_t))
     p.extra_used = <bint *>malloc((p.nextras + 1) * sizeof(bint))
-    if p.labels == NULL or p.extra_used == NULL:
+    if (p.labels == NULL or p.shape == NULL or p.token_at == NULL or p.action == NULL
+            or p.extra_used == NULL):
         raise MemoryError()
     p.ts_len = snprintf(p.ts, 32, " %lld\n", <long long>now_ms)
 

@@ -1,9 +1,9 @@
-"""Bare RESP: a pipeline of many single-key commands to one Redis node, and a persistent
-connection for the commands of each upload.
+"""Bare RESP: a kept connection to one Redis node, for the commands of each upload and the
+batches of reads of each `/federate`.
 
-`/federate` reads a thousand snapshots per scrape; redis-py spends ~60 us of CPU per pipelined
-command, this ~5 us (hiredis parses the replies). `telemeter.server.store` falls back to the
-cluster client when anything here fails or a reply is an error (a redirection, for instance).
+redis-py spends ~60 us of CPU per pipelined command, this a few (hiredis parses the replies).
+`telemeter.server.store` falls back to the cluster client when anything here fails or a reply
+is an error (a redirection, for instance).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, cast
 import hiredis
 
 ReplyError = hiredis.ReplyError
-READ_SIZE = 1 << 20
 
 
 def encode(args: Sequence[bytes]) -> bytes:
@@ -30,55 +29,21 @@ def encode(args: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
-async def pipeline(
-    host: str,
-    port: int,
-    commands: Sequence[Sequence[bytes]],
-    *,
-    password: str | None,
-    timeout_s: float,
-) -> list[Any]:
-    """Send every command on a new connection and return the replies in order.
-
-    Error replies come back as `ReplyError` instances, not raised. Connection problems raise
-    OSError, ConnectionError or TimeoutError.
-    """
-    async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            head = [encode((b"AUTH", password.encode()))] if password else []
-            writer.write(b"".join([*head, *(encode(c) for c in commands)]))
-            parser = hiredis.Reader()
-            replies: list[Any] = []
-            expected = len(commands) + len(head)
-            while len(replies) < expected:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    raise ConnectionError("redis closed the connection")
-                parser.feed(data)
-                reply = parser.gets()
-                while reply is not False:
-                    replies.append(reply)
-                    reply = parser.gets()
-        finally:
-            writer.close()
-    if head and isinstance(replies[0], ReplyError):
-        raise ConnectionError(f"redis refused AUTH: {replies[0]}")
-    return replies[len(head) :]
-
-
 class Connection(asyncio.Protocol):
     """A persistent connection to one Redis node: commands are pipelined, replies come in order.
 
-    Used for the two commands of every upload, where redis-py's command machinery costs more
-    CPU than the rest of the Redis work. Error replies are returned as `ReplyError` instances.
-    A command that times out closes the connection (later replies could no longer be matched).
+    Used for the commands of every upload and the reads of `/federate`, where redis-py's command
+    machinery costs more CPU than the rest of the Redis work. Error replies are returned as
+    `ReplyError` instances. A command that times out closes the connection (later replies could
+    no longer be matched).
     """
 
     def __init__(self) -> None:
         self._parser = hiredis.Reader()
-        # Per command in flight: its future and the timer that fails it after the timeout.
-        self._waiters: deque[tuple[asyncio.Future[Any], asyncio.TimerHandle]] = deque()
+        # Per call or batch in flight: its future, the timer that fails it after the timeout,
+        # and how many replies a batch waits for (0 for a single call).
+        self._waiters: deque[tuple[asyncio.Future[Any], asyncio.TimerHandle, int]] = deque()
+        self._batch: list[Any] = []  # the replies gathered so far for the oldest batch
         self._transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -106,16 +71,23 @@ class Connection(asyncio.Protocol):
         reply = self._parser.gets()
         while reply is not False:
             if self._waiters:
-                waiter, timer = self._waiters.popleft()
-                timer.cancel()
-                if not waiter.done():  # its caller may have given up
-                    waiter.set_result(reply)
+                waiter, timer, count = self._waiters[0]
+                if count:
+                    self._batch.append(reply)
+                    if len(self._batch) == count:
+                        reply, self._batch = self._batch, []
+                        count = 0
+                if not count:
+                    self._waiters.popleft()
+                    timer.cancel()
+                    if not waiter.done():  # its caller may have given up
+                        waiter.set_result(reply)
             reply = self._parser.gets()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         while self._waiters:
-            waiter, timer = self._waiters.popleft()
+            waiter, timer, _ = self._waiters.popleft()
             timer.cancel()
             if not waiter.done():
                 waiter.set_exception(ConnectionError(f"redis connection lost: {exc!r}"))
@@ -136,10 +108,21 @@ class Connection(asyncio.Protocol):
 
         (A plain future with a timer: ``asyncio.timeout`` costs more than the rest of a call.)
         """
+        return self._send(encode(args), 0, timeout_s)
+
+    def batch(
+        self, commands: Sequence[Sequence[bytes]], *, timeout_s: float
+    ) -> asyncio.Future[Any]:
+        """Send many commands at once; the future gets the list of their replies, in order."""
+        if not commands:
+            raise ValueError("an empty batch")
+        return self._send(b"".join([encode(c) for c in commands]), len(commands), timeout_s)
+
+    def _send(self, data: bytes, count: int, timeout_s: float) -> asyncio.Future[Any]:
         if self.closed or self._transport is None:
             raise ConnectionError("redis connection closed")
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self._waiters.append((waiter, loop.call_later(timeout_s, self._expire, waiter)))
-        self._transport.write(encode(args))
+        self._waiters.append((waiter, loop.call_later(timeout_s, self._expire, waiter), count))
+        self._transport.write(data)
         return waiter

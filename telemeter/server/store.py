@@ -19,6 +19,7 @@ from prometheus_client import Histogram
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from telemeter.core.errors import TelemeterError
@@ -148,49 +149,66 @@ class Store:
         index = keys.index_key(keys.cluster_range(cluster_id))
         snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
         ttl, ratelimit = self.ttl_ms, self.ratelimit_ms
+        zadd = (b"ZADD", index.encode(), b"%d" % now_ms, cluster_id.encode())
+        save = (
+            b"EVAL",
+            SAVE_SNAPSHOT_BYTES,
+            b"2",
+            snap.encode(),
+            limit.encode(),
+            value,
+            b"%d" % ttl,
+            b"%d" % ratelimit,
+        )
+
+        def index_again(c: RedisCluster) -> Awaitable[Any]:
+            return c.zadd(index, {cluster_id: now_ms})
+
+        def save_again(c: RedisCluster) -> Awaitable[Any]:
+            return c.eval(SAVE_SNAPSHOT, 2, snap, limit, value, ttl, ratelimit)
+
         async with self._call("save") as client:
-            await self._on_node(
-                client,
-                index,
-                (b"ZADD", index.encode(), b"%d" % now_ms, cluster_id.encode()),
-                lambda c: c.zadd(index, {cluster_id: now_ms}),
-            )
-            wait = await self._on_node(
-                client,
-                snap,
-                (
-                    b"EVAL",
-                    SAVE_SNAPSHOT_BYTES,
-                    b"2",
-                    snap.encode(),
-                    limit.encode(),
-                    value,
-                    b"%d" % ttl,
-                    b"%d" % ratelimit,
-                ),
-                lambda c: c.eval(SAVE_SNAPSHOT, 2, snap, limit, value, ttl, ratelimit),
-            )
+            index_node, snap_node = client.get_node_from_key(index), client.get_node_from_key(snap)
+            indexed = await self._start(index_node, zadd)
+            if index_node is None or snap_node is None or index_node.name != snap_node.name:
+                await self._finish(client, indexed, index_again)  # the entry first
+                indexed = None
+            # On one connection both are in flight at once, and Redis runs them in order.
+            saved = await self._start(snap_node, save)
+            if indexed is not None:
+                await self._finish(client, indexed, index_again)
+            wait = await self._finish(client, saved, save_again)
         return int(wait)
 
-    async def _on_node(
-        self,
-        client: RedisCluster,
-        key: str,
-        command: tuple[bytes, ...],
-        fallback: Callable[[RedisCluster], Awaitable[Any]],
-    ) -> Any:
-        """Run one command for ``key`` on a kept connection to its slot's primary.
+    async def _start(
+        self, node: ClusterNode | None, command: tuple[bytes, ...]
+    ) -> asyncio.Future[Any] | None:
+        """Send a command on the kept connection to ``node``; None when that cannot be done.
 
         A bare RESP connection skips redis-py's command machinery (most of the CPU of a command).
-        When the node fails or answers with an error (a slot that moved, for instance), the
-        command goes through the cluster client instead (``fallback``), which follows
-        redirections, refreshes its view of the cluster and raises what redis-py raises.
         """
-        node = client.get_node_from_key(key)
-        if node is not None:
+        if node is None:
+            return None
+        try:
+            conn = await self._connection(node)
+            return conn.call(command, timeout_s=self._timeout_s)
+        except NODE_ERRORS as exc:
+            log.info("node command failed, retrying via the cluster error=%r", exc)
+            return None
+
+    async def _finish(
+        self,
+        client: RedisCluster,
+        started: asyncio.Future[Any] | None,
+        fallback: Callable[[RedisCluster], Awaitable[Any]],
+    ) -> Any:
+        """The reply of a command `_start` sent; the cluster client runs it again (``fallback``)
+        when it could not be sent, its node failed or it answered an error (a slot that moved,
+        for instance): that client follows redirections, refreshes its view of the cluster and
+        raises what redis-py raises."""
+        if started is not None:
             try:
-                conn = await self._connection(node)
-                reply = await conn.call(command, timeout_s=self._timeout_s)
+                reply = await started
             except NODE_ERRORS as exc:
                 log.info("node command failed, retrying via the cluster error=%r", exc)
             else:
@@ -220,7 +238,7 @@ class Store:
             indexes: list[list[tuple[bytes, float]]] = await self._per_node(
                 client,
                 [keys.index_key(r) for r in ranges],
-                command=lambda key: (b"ZRANGE", key.encode(), b"0", b"-1", b"WITHSCORES"),
+                command=lambda key: (b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"),
                 convert=_pairs,
                 add=lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
             )
@@ -235,7 +253,7 @@ class Store:
             values: list[bytes | None] = await self._per_node(
                 client,
                 [keys.snapshot_key(cluster_id) for _, cluster_id, _ in entries],
-                command=lambda key: (b"GET", key.encode()),
+                command=lambda key: (b"GET", key),
                 convert=lambda reply: reply,
                 add=lambda pipe, key: pipe.get(key),
             )
@@ -253,11 +271,11 @@ class Store:
         client: RedisCluster,
         names: list[str],
         *,
-        command: Callable[[str], tuple[bytes, ...]],
+        command: Callable[[bytes], tuple[bytes, ...]],
         convert: Callable[[Any], Any],
         add: Callable[[Any, str], Any],
     ) -> list[Any]:
-        """One single-key read per name, in one bare RESP pipeline per primary.
+        """One single-key read per name, sent as one batch on the kept connection per primary.
 
         ``command`` gives the raw command and ``convert`` shapes its raw reply the way redis-py
         would; ``add`` queues the same command on a redis-py pipeline. The cluster client takes
@@ -266,10 +284,15 @@ class Store:
         """
         groups: dict[str, list[int]] = {}
         nodes: dict[str, ClusterNode] = {}
-        for i, name in enumerate(names):
-            node = client.get_node_from_key(name)
-            if node is None:
-                raise StoreUnavailable(f"no node serves the slot of {name}")
+        encoded = [name.encode() for name in names]
+        # What get_node_from_key does, without its per-key overhead (this runs for every stored
+        # cluster on each scrape): the slot's primary in the cluster client's slot table.
+        slots = client.nodes_manager.slots_cache
+        for i, key in enumerate(encoded):
+            owners = slots.get(key_slot(key))
+            if not owners:
+                raise StoreUnavailable(f"no node serves the slot of {names[i]}")
+            node = owners[0]
             groups.setdefault(node.name, []).append(i)
             nodes[node.name] = node
         results: list[Any] = [None] * len(names)
@@ -283,12 +306,9 @@ class Store:
         async def run(node_name: str) -> None:
             node, indices = nodes[node_name], groups[node_name]
             try:
-                raw = await resp.pipeline(
-                    node.host,
-                    int(node.port),
-                    [command(names[i]) for i in indices],
-                    password=self._password,
-                    timeout_s=self._timeout_s,
+                conn = await self._connection(node)
+                raw = await conn.batch(
+                    [command(encoded[i]) for i in indices], timeout_s=self._timeout_s
                 )
             except NODE_ERRORS as exc:
                 log.info("node pipeline failed, retrying via the cluster error=%r", exc)

@@ -1,4 +1,4 @@
-"""The bare RESP pipeline used for `/federate` reads, against the real cluster."""
+"""The bare RESP connection used for uploads and `/federate` reads, against the real cluster."""
 
 from __future__ import annotations
 
@@ -32,24 +32,28 @@ def test_replies_in_order_and_redirections_as_errors(redis_cluster: RedisCluster
         client.set(key, f"v{i}".encode() * 1000)
     missing = f"{{{mine[0]}}}-missing"  # same slot, no value
     commands = [(b"GET", k.encode()) for k in [*mine, other, missing]]
-    replies = asyncio.run(
-        resp.pipeline(
-            owner.host, int(owner.port), commands, password=redis_cluster.password, timeout_s=5
+
+    async def main() -> tuple[list[Any], Any, list[Any]]:
+        conn = await resp.Connection.open(
+            owner.host, int(owner.port), password=redis_cluster.password, timeout_s=5
         )
-    )
+        try:
+            # A batch, a single call and another batch in flight at once on one connection.
+            first = conn.batch(commands, timeout_s=5)
+            single = conn.call((b"ECHO", b"between"), timeout_s=5)
+            second = conn.batch(commands[:1], timeout_s=5)
+            return await first, await single, await second
+        finally:
+            conn.close()
+
+    replies, single, second = asyncio.run(main())
     assert replies[:3] == [f"v{i}".encode() * 1000 for i in range(3)]
     assert isinstance(replies[3], resp.ReplyError) and str(replies[3]).startswith("MOVED")
     assert replies[4] is None
+    assert single == b"between" and second == [b"v0" * 1000]
     for key in mine:
         client.delete(key)
     client.close()
-
-
-def test_unreachable_node_raises() -> None:
-    with pytest.raises(OSError):
-        asyncio.run(
-            resp.pipeline("127.0.0.1", free_port(), [(b"PING",)], password=None, timeout_s=2)
-        )
 
 
 def _loops() -> list[str]:

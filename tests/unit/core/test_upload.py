@@ -296,3 +296,39 @@ def test_malformed_bytes_only_raise_our_errors() -> None:
         blob = rng.randbytes(rng.randint(0, 300))
         with contextlib.suppress(InvalidPayload, TooLarge):
             process(blob, config, now_ms=NOW, min_timestamp_ms=0)
+
+
+SAME_NAMES_CASES = {
+    "same names": ([("_id", "c1"), ("job", "b"), ("pod", "q")], None),
+    "spoofed id": ([("_id", "c2"), ("job", "b"), ("pod", "q")], InvalidPayload),
+    "sorted duplicate": ([("_id", "c1"), ("job", "b"), ("job", "c")], InvalidPayload),
+    "long value": ([("_id", "c1"), ("job", "b" * 256), ("pod", "q")], InvalidPayload),
+    "other order": ([("pod", "q"), ("_id", "c1"), ("job", "b")], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_NAMES_CASES))
+def test_metrics_with_the_label_names_of_the_one_before(case: str) -> None:
+    """The pass checks label names once for a run of metrics with the same names: the values,
+    the required labels, elision and extra labels must still apply to every metric."""
+    labels, error = SAME_NAMES_CASES[case]
+    fam = metrics_pb2.MetricFamily(name="m", type=metrics_pb2.GAUGE)
+    for pairs in ([("_id", "c1"), ("job", "a"), ("pod", "p")], labels):
+        m = fam.metric.add(timestamp_ms=NOW)
+        m.gauge.value = 1
+        for name, value in pairs:
+            m.label.add(name=name, value=value)
+    config = PassConfig(
+        whitelist=KEEP_ALL,
+        token_labels=(("_id", "c1"),),
+        extra_labels=(("job", "override"),),
+        elide_labels=frozenset({"pod"}),
+    )
+    fast, ref = run_both(write_families([fam]), config)
+    assert as_tuple(fast) == as_tuple(ref)
+    if error is not None:
+        assert fast is error
+    else:
+        assert isinstance(fast, PassResult)
+        text = b"".join(block for _, _, block in fast.families).decode()
+        assert text == f'm{{_id="c1",job="override"}} 1 {NOW}\n' * 2
