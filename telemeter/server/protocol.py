@@ -78,13 +78,14 @@ class UploadCycle:
             raise TooLarge(f"request body larger than {limit} bytes")
         if not self.complete and self.headers.get("expect", "").lower() == "100-continue":
             self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as curl asks
-        try:
-            async with asyncio.timeout(seconds):
-                while not (self.complete or self.size > limit or self.disconnected):
-                    self.message_event.clear()
-                    await self.message_event.wait()
-        except TimeoutError as exc:
-            raise HTTPProblem(408, f"request body not received within {seconds:g}s") from exc
+        if not (self.complete or self.size > limit or self.disconnected):  # usually it is
+            try:
+                async with asyncio.timeout(seconds):
+                    while not (self.complete or self.size > limit or self.disconnected):
+                        self.message_event.clear()
+                        await self.message_event.wait()
+            except TimeoutError as exc:
+                raise HTTPProblem(408, f"request body not received within {seconds:g}s") from exc
         if self.disconnected:
             raise _Disconnected()
         if self.size > limit:

@@ -56,6 +56,9 @@ REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 NODE_ERRORS = (ConnectionError, TimeoutError, OSError)
 
 
+_UNANSWERED = object()  # a command the bare connection could not run
+
+
 class StoreUnavailable(TelemeterError):
     """Redis could not be reached or answered with an error: retry later (503)."""
 
@@ -146,15 +149,18 @@ class Store:
         The index entry is written first: an entry without a snapshot is harmless (skipped and
         later pruned), a snapshot without an entry would be invisible.
         """
-        index = keys.index_key(keys.cluster_range(cluster_id))
         snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
+        snap_key = snap.encode()
+        snap_slot = key_slot(snap_key)
+        index = keys.index_key(keys.range_of_slot(snap_slot))
+        index_key = index.encode()
         ttl, ratelimit = self.ttl_ms, self.ratelimit_ms
-        zadd = (b"ZADD", index.encode(), b"%d" % now_ms, cluster_id.encode())
+        zadd = (b"ZADD", index_key, b"%d" % now_ms, cluster_id.encode())
         save = (
             b"EVAL",
             SAVE_SNAPSHOT_BYTES,
             b"2",
-            snap.encode(),
+            snap_key,
             limit.encode(),
             value,
             b"%d" % ttl,
@@ -168,54 +174,53 @@ class Store:
             return c.eval(SAVE_SNAPSHOT, 2, snap, limit, value, ttl, ratelimit)
 
         async with self._call("save") as client:
-            index_node, snap_node = client.get_node_from_key(index), client.get_node_from_key(snap)
-            indexed = await self._start(index_node, zadd)
-            if index_node is None or snap_node is None or index_node.name != snap_node.name:
-                await self._finish(client, indexed, index_again)  # the entry first
-                indexed = None
-            # On one connection both are in flight at once, and Redis runs them in order.
-            saved = await self._start(snap_node, save)
-            if indexed is not None:
-                await self._finish(client, indexed, index_again)
-            wait = await self._finish(client, saved, save_again)
+            index_node, snap_node = (
+                _primary(client, key_slot(index_key)),
+                _primary(client, snap_slot),
+            )
+            if (
+                index_node is not None
+                and snap_node is not None
+                and index_node.name == snap_node.name
+            ):
+                # One write on one connection; Redis runs the two in order, the entry first.
+                _, wait = await self._on_node(
+                    client, snap_node, [(zadd, index_again), (save, save_again)]
+                )
+            else:
+                await self._on_node(client, index_node, [(zadd, index_again)])
+                (wait,) = await self._on_node(client, snap_node, [(save, save_again)])
         return int(wait)
 
-    async def _start(
-        self, node: ClusterNode | None, command: tuple[bytes, ...]
-    ) -> asyncio.Future[Any] | None:
-        """Send a command on the kept connection to ``node``; None when that cannot be done.
-
-        A bare RESP connection skips redis-py's command machinery (most of the CPU of a command).
-        """
-        if node is None:
-            return None
-        try:
-            conn = await self._connection(node)
-            return conn.call(command, timeout_s=self._timeout_s)
-        except NODE_ERRORS as exc:
-            log.info("node command failed, retrying via the cluster error=%r", exc)
-            return None
-
-    async def _finish(
+    async def _on_node(
         self,
         client: RedisCluster,
-        started: asyncio.Future[Any] | None,
-        fallback: Callable[[RedisCluster], Awaitable[Any]],
-    ) -> Any:
-        """The reply of a command `_start` sent; the cluster client runs it again (``fallback``)
-        when it could not be sent, its node failed or it answered an error (a slot that moved,
-        for instance): that client follows redirections, refreshes its view of the cluster and
-        raises what redis-py raises."""
-        if started is not None:
+        node: ClusterNode | None,
+        commands: list[tuple[tuple[bytes, ...], Callable[[RedisCluster], Awaitable[Any]]]],
+    ) -> list[Any]:
+        """Run (command, fallback) pairs on the kept connection to ``node``, in one write.
+
+        A bare RESP connection skips redis-py's command machinery (most of the CPU of a command).
+        A command that could not be sent, whose node failed or that answered an error (a slot
+        that moved, for instance) goes through the cluster client instead (its ``fallback``),
+        which follows redirections, refreshes its view of the cluster and raises what redis-py
+        raises.
+        """
+        replies: list[Any] = [_UNANSWERED] * len(commands)
+        if node is not None:
             try:
-                reply = await started
+                conn = await self._connection(node)
+                replies = await conn.batch([c for c, _ in commands], timeout_s=self._timeout_s)
             except NODE_ERRORS as exc:
                 log.info("node command failed, retrying via the cluster error=%r", exc)
-            else:
-                if not isinstance(reply, resp.ReplyError):
-                    return reply
+        results = []
+        for (_, fallback), reply in zip(commands, replies, strict=True):
+            if isinstance(reply, resp.ReplyError):
                 log.info("node answered an error, retrying via the cluster error=%s", reply)
-        return await fallback(client)
+            if reply is _UNANSWERED or isinstance(reply, resp.ReplyError):
+                reply = await fallback(client)
+            results.append(reply)
+        return results
 
     async def _connection(self, node: ClusterNode) -> resp.Connection:
         """The kept connection to a node, opened on first use and after it closed."""
@@ -285,14 +290,10 @@ class Store:
         groups: dict[str, list[int]] = {}
         nodes: dict[str, ClusterNode] = {}
         encoded = [name.encode() for name in names]
-        # What get_node_from_key does, without its per-key overhead (this runs for every stored
-        # cluster on each scrape): the slot's primary in the cluster client's slot table.
-        slots = client.nodes_manager.slots_cache
         for i, key in enumerate(encoded):
-            owners = slots.get(key_slot(key))
-            if not owners:
+            node = _primary(client, key_slot(key))
+            if node is None:
                 raise StoreUnavailable(f"no node serves the slot of {names[i]}")
-            node = owners[0]
             groups.setdefault(node.name, []).append(i)
             nodes[node.name] = node
         results: list[Any] = [None] * len(names)
@@ -370,6 +371,14 @@ async def _close_quietly(client: RedisCluster) -> None:
         await client.aclose()
     except REDIS_ERRORS as exc:  # closing a broken client must not hide the first error
         log.debug("closing redis client failed error=%r", exc)
+
+
+def _primary(client: RedisCluster, slot: int) -> ClusterNode | None:
+    """The primary of a hash slot in the cluster client's slot table: what get_node_from_key
+    finds, without its per-call overhead (this runs for every upload, and for every stored
+    cluster on each scrape)."""
+    owners = client.nodes_manager.slots_cache.get(slot)
+    return owners[0] if owners else None
 
 
 def _pairs(flat: list[bytes]) -> list[tuple[bytes, float]]:
