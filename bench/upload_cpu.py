@@ -131,6 +131,10 @@ def report(results: Sequence[UploadRun]) -> float:
         f"  redis {median([r.redis_ms_per_upload for r in results]):.3f} ms CPU/upload (all "
         f"nodes), generator {median([r.generator_ms_per_upload for r in results]):.3f} ms/upload"
     )
+    # Redis does the same work for every upload (as long as the commands sent do not change),
+    # so this ratio moves much less than the CPU figures when the machine gets faster or slower.
+    ratio = median([r.server_ms_per_upload / r.redis_ms_per_upload for r in results])
+    out(f"  server CPU / Redis CPU per upload: {ratio:.2f} (steadier than either on this machine)")
     return cpu
 
 
