@@ -16,7 +16,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
 from telemeter.core.errors import InvalidPayload, TooLarge
 
@@ -282,6 +282,55 @@ cdef int put_escaped(Buf *b, const char *s, Py_ssize_t n) except -1:
         b.len += 2
         i = j + 1
     return 0
+
+
+# ---- the body of a stored snapshot (uploads) --------------------------------------------------
+
+def pack_families(list families):
+    """The uncompressed body of a stored snapshot (telemeter.server.snapshot) from (name, type,
+    text) tuples: the family count (u16), per family its type (u8), name length (u16), name and
+    text length (u32), then the texts. Raises ValueError when a field does not fit."""
+    cdef Py_ssize_t n = len(families), size = 2, i, name_len, text_len
+    cdef int kind
+    cdef bytes name, text, out
+    cdef char *p
+    cdef list names = [], kinds = [], texts = []
+    if n > 0xFFFF:
+        raise ValueError("more than 65535 families in one snapshot")
+    for entry in families:
+        name = PyUnicode_AsUTF8String(entry[0])
+        kind = entry[1]
+        text = entry[2]
+        if PyBytes_GET_SIZE(name) > 0xFFFF or PyBytes_GET_SIZE(text) > 0xFFFFFFFF or not 0 <= kind <= 255:
+            raise ValueError("a family does not fit in a snapshot")
+        names.append(name)
+        kinds.append(kind)
+        texts.append(text)
+        size += 7 + PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(text)
+    out = PyBytes_FromStringAndSize(NULL, size)
+    p = PyBytes_AS_STRING(out)
+    p[0] = <char>(n >> 8)
+    p[1] = <char>n
+    p += 2
+    for i in range(n):
+        name = <bytes>names[i]
+        name_len = PyBytes_GET_SIZE(name)
+        text_len = PyBytes_GET_SIZE(<bytes>texts[i])
+        p[0] = <char><int>kinds[i]
+        p[1] = <char>(name_len >> 8)
+        p[2] = <char>name_len
+        memcpy(p + 3, PyBytes_AS_STRING(name), name_len)
+        p += 3 + name_len
+        p[0] = <char>(text_len >> 24)
+        p[1] = <char>(text_len >> 16)
+        p[2] = <char>(text_len >> 8)
+        p[3] = <char>text_len
+        p += 4
+    for i in range(n):
+        text = <bytes>texts[i]
+        memcpy(p, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+        p += PyBytes_GET_SIZE(text)
+    return out
 
 
 # ---- merging stored snapshots (/federate) ---------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 
 from isal import isal_zlib
 
-from telemeter.core._fastpass import crc32_combine, inflate, merge_snapshots
+from telemeter.core._fastpass import crc32_combine, inflate, merge_snapshots, pack_families
 from telemeter.core.errors import TelemeterError
 from telemeter.core.exposition import TYPE_NAMES, escape_label_value, format_value
 
@@ -76,13 +76,7 @@ def push_time_lines(partition_label: str, cluster_id: str, now_ms: int) -> bytes
 
 def encode(push_time_ms: int, series: int, families: Iterable[tuple[str, int, bytes]]) -> bytes:
     """Build a stored snapshot from (name, type, sample lines) tuples."""
-    items = list(families)
-    parts = [_COUNT.pack(len(items))]
-    for name, kind, lines in items:
-        raw = name.encode()
-        parts += [_FAMILY.pack(kind, len(raw)), raw, _TEXT.pack(len(lines))]
-    parts += [lines for _, _, lines in items]
-    raw = b"".join(parts)
+    raw = pack_families(list(families))
     compressed = isal_zlib.compress(raw, DEFLATE_LEVEL, RAW_DEFLATE)
     return _HEAD.pack(MAGIC, push_time_ms, series, len(raw), len(compressed)) + compressed
 

@@ -63,6 +63,31 @@ def test_encode_decode_round_trip() -> None:
     ]
 
 
+def test_encode_lays_out_the_family_table_then_the_texts() -> None:
+    families = [("a", GAUGE, b"a 1 1\n"), ("\u00e9t\u00e9", 5, b""), ("b" * 300, COUNTER, b"b 2\n")]
+    value = snapshot.encode(1, 2, families)
+    raw = zlib.decompress(value[23:], -15)
+    expected = len(families).to_bytes(2, "big")
+    for name, kind, text in families:
+        encoded = name.encode()
+        expected += bytes([kind]) + len(encoded).to_bytes(2, "big") + encoded
+        expected += len(text).to_bytes(4, "big")
+    assert raw == expected + b"".join(text for _, _, text in families)
+
+
+@pytest.mark.parametrize(
+    "families",
+    [
+        [("n" * 65536, GAUGE, b"")],  # a name longer than its u16 length
+        [("a", 256, b"")],  # a type that is not a byte
+        [(f"f{i}", GAUGE, b"") for i in range(65536)],  # more families than the u16 count
+    ],
+)
+def test_encode_refuses_what_does_not_fit(families: list[tuple[str, int, bytes]]) -> None:
+    with pytest.raises(ValueError):
+        snapshot.encode(1, 1, families)
+
+
 @pytest.mark.parametrize(
     "value",
     [
