@@ -237,39 +237,65 @@ class Store:
         return conn
 
     async def load_snapshots(self, ranges: Iterable[int], *, now_ms: int) -> list[bytes]:
-        """Every stored snapshot of the clusters in the given ring ranges."""
+        """Every stored snapshot of the clusters in the given ring ranges, range by range.
+
+        The ranges are read per node of their index key: as soon as a node has answered for its
+        index keys, the snapshots of those clusters are asked for, while other nodes may still
+        be answering for theirs.
+        """
         ranges = list(ranges)
-        async with self._call("index") as client:
-            indexes: list[list[tuple[bytes, float]]] = await self._per_node(
-                client,
-                [keys.index_key(r) for r in ranges],
-                command=lambda key: (b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"),
-                convert=_pairs,
-                add=lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
+        prune_before_ms = now_ms - keys.INDEX_PRUNE_GRACE_MS
+        async with self._call("load") as client:
+            by_node: dict[str, list[int]] = {}
+            for r in ranges:
+                node = _primary(client, key_slot(keys.index_key(r).encode()))
+                by_node.setdefault(node.name if node else "", []).append(r)
+            reads = await asyncio.gather(
+                *(self._load_ranges(client, group, prune_before_ms) for group in by_node.values())
             )
+        values: dict[int, list[bytes]] = {}
+        stale: list[tuple[int, str]] = []
+        for found, gone in reads:
+            values.update(found)
+            stale += gone
+        if stale:
+            await self._prune(stale)
+        return [value for r in ranges for value in values.get(r, ())]
+
+    async def _load_ranges(
+        self, client: RedisCluster, ranges: list[int], prune_before_ms: int
+    ) -> tuple[dict[int, list[bytes]], list[tuple[int, str]]]:
+        """The snapshots of some ranges per range, and the (range, cluster) index entries older
+        than ``prune_before_ms`` whose snapshot is gone."""
+        indexes: list[list[tuple[bytes, float]]] = await self._per_node(
+            client,
+            [keys.index_key(r) for r in ranges],
+            command=lambda key: (b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"),
+            convert=_pairs,
+            add=lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
+        )
         entries = [
             (r, member.decode(), score)
             for r, idx in zip(ranges, indexes, strict=True)
             for member, score in idx
         ]
         if not entries:
-            return []
-        async with self._call("load") as client:
-            values: list[bytes | None] = await self._per_node(
-                client,
-                [keys.snapshot_key(cluster_id) for _, cluster_id, _ in entries],
-                command=lambda key: (b"GET", key),
-                convert=lambda reply: reply,
-                add=lambda pipe, key: pipe.get(key),
-            )
-        stale = [
-            (r, cid)
-            for (r, cid, score), value in zip(entries, values, strict=True)
-            if value is None and score < now_ms - keys.INDEX_PRUNE_GRACE_MS
-        ]
-        if stale:
-            await self._prune(stale)
-        return [v for v in values if v is not None]
+            return {}, []
+        replies: list[bytes | None] = await self._per_node(
+            client,
+            [keys.snapshot_key(cluster_id) for _, cluster_id, _ in entries],
+            command=lambda key: (b"GET", key),
+            convert=lambda reply: reply,
+            add=lambda pipe, key: pipe.get(key),
+        )
+        found: dict[int, list[bytes]] = {}
+        stale = []
+        for (r, cluster_id, score), value in zip(entries, replies, strict=True):
+            if value is not None:
+                found.setdefault(r, []).append(value)
+            elif score < prune_before_ms:
+                stale.append((r, cluster_id))
+        return found, stale
 
     async def _per_node(
         self,
