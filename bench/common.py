@@ -74,6 +74,18 @@ def pin(pid: int, cpus: str) -> None:
     )
 
 
+@contextlib.contextmanager
+def pinned(cpus: str) -> Iterator[None]:
+    """Bind this process to ``cpus`` for the block, then give it back the CPUs it had (what it
+    starts meanwhile inherits the binding; later benchmarks in the same run must not)."""
+    before = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+    pin(os.getpid(), cpus)
+    try:
+        yield
+    finally:
+        pin(os.getpid(), before)
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process, all threads (from /proc/<pid>/stat)."""
     text = Path(f"/proc/{pid}/stat").read_text()

@@ -12,7 +12,6 @@ token check, snappy, the upload pass, rendering and compressing the snapshot, th
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from bench.common import (
     machine_description,
     median,
     out,
-    pin,
+    pinned,
     run_and_wait_seconds,
     stack,
 )
@@ -92,8 +91,7 @@ def measure(
 
 def run(*, runs: int, seconds: float, workers: int) -> list[UploadRun]:
     """Warm up, then ``runs`` measured runs on one pinned server; returns them."""
-    pin(os.getpid(), OTHER_CPUS)
-    with stack(pin_redis=OTHER_CPUS) as bench:
+    with pinned(OTHER_CPUS), stack(pin_redis=OTHER_CPUS) as bench:
         server = bench.start_server("bench", extra_args=["--ratelimit", "0s"], cpus=SERVER_CPUS)
         measure(bench, server, seconds=2.0, workers=workers, seed=0)  # warm-up
         results = []
