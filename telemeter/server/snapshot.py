@@ -20,6 +20,7 @@ Layout of the stored value (integers big-endian)::
 
 from __future__ import annotations
 
+import functools
 import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -71,7 +72,14 @@ class Snapshot:
 def push_time_lines(partition_label: str, cluster_id: str, now_ms: int) -> bytes:
     """The per-cluster last-push-time series (ARCHITECTURE.md decision 11)."""
     labels = f'{partition_label}="{escape_label_value(cluster_id)}"'
-    return f"{PUSH_TIME_FAMILY}{{{labels}}} {format_value(now_ms / 1000)} {now_ms}\n".encode()
+    return f"{PUSH_TIME_FAMILY}{{{labels}}} {_sample(now_ms)}\n".encode()
+
+
+@functools.lru_cache(maxsize=16)
+def _sample(now_ms: int) -> str:
+    # Uploads are stamped in whole seconds: the (slow, Go-exact) float formatting runs about once
+    # a second, not once per upload.
+    return f"{format_value(now_ms / 1000)} {now_ms}"
 
 
 def encode(push_time_ms: int, series: int, families: Iterable[tuple[str, int, bytes]]) -> bytes:

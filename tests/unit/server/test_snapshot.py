@@ -255,3 +255,14 @@ def test_gzip_in_two_parts_is_one_member_equal_to_plain(
 
 def test_gzip_of_nothing_is_valid() -> None:
     assert gzip.decompress(b"".join(snapshot.write_gzip(snapshot.merge([])))) == b""
+
+
+def test_push_time_series_as_go_writes_it() -> None:
+    """Go's strconv 'g' formatting of the push time in seconds, then the time in ms."""
+    for _ in range(2):  # the formatted sample is cached per second: the second call reuses it
+        assert snapshot.push_time_lines("_id", 'c"1', 1764072000000) == (
+            b'telemeter_push_time_seconds{_id="c\\"1"} 1.764072e+09 1764072000000\n'
+        )
+    assert snapshot.push_time_lines("cluster", "c2", 1764072001000) == (
+        b'telemeter_push_time_seconds{cluster="c2"} 1.764072001e+09 1764072001000\n'
+    )
