@@ -8,6 +8,7 @@ The HTTP side is `telemeter.server.protocol`, which calls `upload` straight from
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,6 +43,7 @@ def media_type(value: str) -> tuple[str, dict[str, str]]:
     return kind.lower(), parsed
 
 
+@functools.lru_cache(maxsize=64)  # a refused type raises, and is not cached
 def _check_upload_type(content_type: str) -> None:
     kind, params = media_type(content_type)
     if (
@@ -137,8 +139,10 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
     m = rt.metrics
     m.uploads.inc()
     m.series.inc(counts.kept)
-    m.overwritten_past.inc(counts.past)
-    m.overwritten_future.inc(counts.future)
+    if counts.past:
+        m.overwritten_past.inc(counts.past)
+    if counts.future:
+        m.overwritten_future.inc(counts.future)
 
 
 def _render_snapshot(
