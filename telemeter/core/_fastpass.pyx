@@ -1178,6 +1178,7 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
     cdef const char *name
     cdef Py_ssize_t name_len
     cdef list keep = []
+    cdef int decision
     p.d = d
     p.whitelist = config.whitelist
     p.max_series = config.max_series
@@ -1214,6 +1215,7 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
 
     out = {}
     types = {}
+    decisions = p.whitelist.decisions
     pos = 0
     while pos < n:
         read_len(d, &pos, n, &msg)
@@ -1249,7 +1251,9 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
         family = PyUnicode_DecodeASCII(name, name_len, NULL)
         if types.setdefault(family, kind) != kind:
             raise InvalidPayload(f"family {family} appears twice with different types")
-        decision = p.whitelist.family_decision(family)
+        decision = decisions.get(family, -1)  # the whitelist's cached decision, if any
+        if decision < 0:
+            decision = p.whitelist.family_decision(family)
         last_ts = <int64_t>NO_TS
         p.fbuf.len = 0
         fpos = msg.start

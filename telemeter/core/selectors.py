@@ -139,6 +139,9 @@ class Whitelist:
     def __init__(self, selectors: Sequence[Selector]) -> None:
         self.selectors: tuple[Selector, ...] = tuple(selectors)
         self._cache: dict[str, _Entry] = {}
+        # The decisions of the cached entries, read directly by the compiled upload pass (a dict
+        # lookup instead of two Python calls per family).
+        self.decisions: dict[str, Decision] = {}
 
     @classmethod
     def from_strings(cls, texts: Iterable[str]) -> "Whitelist":
@@ -162,8 +165,10 @@ class Whitelist:
             entry = self._decide(name)
             if len(self._cache) >= _DECISION_CACHE_SIZE:
                 # Evict the oldest entry (dicts keep insertion order); a miss only costs time.
-                del self._cache[next(iter(self._cache))]
+                oldest = next(iter(self._cache))
+                del self._cache[oldest], self.decisions[oldest]
             self._cache[name] = entry
+            self.decisions[name] = entry.decision
         return entry
 
     def _decide(self, name: str) -> _Entry:

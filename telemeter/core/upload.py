@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +55,11 @@ VALUE_FIELD: dict[int, str] = {
 
 class SeriesFilter(Protocol):
     """What the pass needs of a whitelist (`telemeter.core.selectors.Whitelist` is one)."""
+
+    @property
+    def decisions(self) -> Mapping[str, int]:
+        """Decisions already made, by family name: the compiled pass looks here before calling
+        family_decision (an empty mapping is fine)."""
 
     def family_decision(self, name: str) -> int: ...
 

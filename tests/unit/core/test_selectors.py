@@ -225,6 +225,9 @@ def test_decision_cache_is_bounded() -> None:
     for i in range(10_050):
         whitelist.family_decision(f"m{i}")
     assert len(whitelist._cache) == 10_000
+    # The decisions the compiled pass reads are those of the cached entries, and only those.
+    assert whitelist.decisions == {n: e.decision for n, e in whitelist._cache.items()}
+    assert "m0" not in whitelist.decisions and whitelist.decisions["m10049"] is Decision.KEEP
     # Evicted names are still decided correctly.
     assert whitelist.family_decision("m1") is Decision.KEEP
     assert whitelist.family_decision("m2") is Decision.DROP
