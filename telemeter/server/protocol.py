@@ -78,10 +78,10 @@ class UploadCycle:
             raise TooLarge(f"request body larger than {limit} bytes")
         if not self.complete and self.headers.get("expect", "").lower() == "100-continue":
             self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as curl asks
-        if not (self.complete or self.size > limit or self.disconnected):  # usually it is
+        if self._waiting(limit):  # usually the whole body came with the head
             try:
                 async with asyncio.timeout(seconds):
-                    while not (self.complete or self.size > limit or self.disconnected):
+                    while self._waiting(limit):
                         self.message_event.clear()
                         await self.message_event.wait()
             except TimeoutError as exc:
@@ -91,6 +91,10 @@ class UploadCycle:
         if self.size > limit:
             raise TooLarge(f"request body larger than {limit} bytes")
         return b"".join(self.chunks)
+
+    def _waiting(self, limit: int) -> bool:
+        """Whether more of the body is still to come (and wanted)."""
+        return not (self.complete or self.size > limit or self.disconnected)
 
     # ---- run as uvicorn runs an ASGI cycle ----
 
