@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from bench import federate, profiles, redis_memory, upload_cpu, upload_scaling
-from bench.common import machine_description, out
+from bench.common import machine_description, out, steal_ticks, yardstick_ms
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -23,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs, seconds = (2, 3.0) if args.quick else (5, 8.0)
     began = time.monotonic()
+    ticks_before, stolen_before = steal_ticks()
     out(f"machine: {machine_description()}")
 
     out("\n== 1. upload: server CPU per accepted upload at saturation ==")
@@ -54,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     out(f"  Redis memory    {memory:.1f} B/series   (target <= 40)")
     out(f"  2 servers / 1   {ratio:.2f} x uploads/s")
+    ticks, stolen = steal_ticks()
+    out(
+        f"  machine         yardstick {yardstick_ms():.1f} ms at the end; hypervisor stole "
+        f"{(stolen - stolen_before) / max(1, ticks - ticks_before):.1%} of the CPU time"
+    )
     out(f"  took {time.monotonic() - began:.0f} s")
 
 
