@@ -153,9 +153,29 @@ cdef extern from *:
         }
         return 1;
     }
+    /* A label value in one scan: 1 when it is ASCII with nothing to escape (the usual case:
+       copied as is), 0 when it is valid UTF-8 with bytes to escape or beyond ASCII, -1 when it
+       is not valid UTF-8. */
+    static int tm_scan_value(const unsigned char *s, Py_ssize_t n) {
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w; memcpy(&w, s + i, 8);
+            uint64_t a = w ^ (ones * 92), b = w ^ (ones * 34), c = w ^ (ones * 10);
+            if ((w & highs) | ((a - ones) & ~a & highs) | ((b - ones) & ~b & highs)
+                    | ((c - ones) & ~c & highs)) break;
+        }
+        for (; i < n; i++) {
+            unsigned char c = s[i];
+            if (c >= 0x80 || c == 92 || c == 34 || c == 10) break;
+        }
+        if (i == n) return 1;
+        return tm_valid_utf8(s, n) ? 0 : -1;
+    }
     """
     int tm_format_double(double v, char *out) except -1
     int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
+    int tm_scan_value(const unsigned char *s, Py_ssize_t n)
     void tm_names_init()
     int tm_valid_name(const unsigned char *s, Py_ssize_t n, int colon)
     Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n)
@@ -203,6 +223,7 @@ cdef struct Label:
     Py_ssize_t name_len
     Py_ssize_t value
     Py_ssize_t value_len
+    bint plain  # the value is ASCII with nothing to escape (set by check_values)
 
 cdef struct Pair:
     const char *name
@@ -803,7 +824,10 @@ cdef class _Pass:
             put(b, "," if b.len else "{", 1)
             put(b, name, name_len)
             put(b, '="', 2)
-            put_escaped(b, value, value_len)
+            if j == KEPT and self.labels[i].plain:
+                put(b, value, value_len)
+            else:
+                put_escaped(b, value, value_len)
             put(b, '"', 1)
         for j in range(self.nextras):
             if self.extra_used[j] or self.extras[j].value_len == 0:
@@ -1044,10 +1068,13 @@ cdef class _Pass:
     cdef int check_values(self, Py_ssize_t nlabels, str family) except -1:
         cdef Py_ssize_t i
         cdef Label *l
+        cdef int scan
         for i in range(nlabels):
             l = &self.labels[i]
-            if not tm_valid_utf8(self.d + l.value, l.value_len):
+            scan = tm_scan_value(self.d + l.value, l.value_len)
+            if scan < 0:
                 raise InvalidPayload(f"a label of family {family} is not valid UTF-8")
+            l.plain = scan
             if l.value_len > self.max_len:
                 raise InvalidPayload(f"a label of family {family} is longer than {self.max_len} bytes")
         return 0

@@ -271,6 +271,24 @@ def test_invalid_utf8_is_refused_by_both(name: bytes, value: bytes) -> None:
             fn(raw_label_metric(name, value), config, now_ms=NOW, min_timestamp_ms=0)
 
 
+@pytest.mark.parametrize("special", [b"\\", b'"', b"\n", "é".encode(), b"\xff", b"\xed\xa0\x80"])
+def test_label_values_are_scanned_at_every_position(special: bytes) -> None:
+    # The compiled pass checks a value eight bytes at a time, then byte by byte: a byte to
+    # escape, a non-ASCII character or invalid UTF-8 must be seen wherever it falls.
+    config = PassConfig(whitelist=KEEP_ALL, token_labels=())
+    for pos in range(26):
+        value = b"v" * pos + special + b"w" * (25 - pos)
+        results = []
+        for fn in (process, process_reference):
+            try:
+                result = fn(raw_label_metric(b"l", value), config, now_ms=NOW, min_timestamp_ms=0)
+                results.append(as_tuple(result))
+            except InvalidPayload as exc:
+                results.append(("refused", "not valid UTF-8" in str(exc)))
+        assert results[0] == results[1], (special, pos)
+        assert (results[0] == ("refused", True)) == (special in (b"\xff", b"\xed\xa0\x80"))
+
+
 def test_limits_are_too_large() -> None:
     config = PassConfig(whitelist=KEEP_ALL, token_labels=(("_id", "test"),), max_series=100)
     with pytest.raises(TooLarge):
