@@ -106,6 +106,10 @@ def report(results: Sequence[FederateRun], series: int, clusters: int) -> dict[s
     medians = {}
     for encoding in ("plain", "gzip"):
         mine = [r for r in results if r.encoding == encoding]
+        out(
+            f"  {encoding} runs: "
+            + ", ".join(f"{r.seconds:.3f} s (CPU {r.server_cpu_s:.2f})" for r in mine)
+        )
         seconds = median([r.seconds for r in mine])
         medians[encoding] = seconds
         out(
