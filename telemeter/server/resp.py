@@ -44,6 +44,7 @@ class Connection(asyncio.Protocol):
         # and how many replies a batch waits for (0 for a single call).
         self._waiters: deque[tuple[asyncio.Future[Any], asyncio.TimerHandle, int]] = deque()
         self._batch: list[Any] = []  # the replies gathered so far for the oldest batch
+        self._outgoing: list[bytes] = []  # commands to write once the ready callbacks have run
         self._transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -124,5 +125,14 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append((waiter, loop.call_later(timeout_s, self._expire, waiter), count))
-        self._transport.write(data)
+        if not self._outgoing:
+            loop.call_soon(self._flush)
+        self._outgoing.append(data)
         return waiter
+
+    def _flush(self) -> None:
+        """Write the commands queued since the last flush: under load, the uploads handled in one
+        turn of the event loop share one system call (and Redis one read)."""
+        data, self._outgoing = self._outgoing, []
+        if self._transport is not None and not self.closed:
+            self._transport.write(data[0] if len(data) == 1 else b"".join(data))

@@ -77,9 +77,15 @@ def test_connection_pipelines_commands_in_order(
     async def main() -> list[Any]:
         conn = await resp.Connection.open(host, port, password=redis_cluster.password, timeout_s=5)
         try:
-            # Many commands in flight at once: each caller gets its own reply.
+            # Many commands and batches in flight at once, sent in one write: each caller gets
+            # its own replies.
             replies = await asyncio.gather(
-                *(conn.call((b"ECHO", b"%d" % i), timeout_s=5) for i in range(200))
+                *(
+                    conn.batch([(b"ECHO", b"b%d" % i), (b"ECHO", b"c%d" % i)], timeout_s=5)
+                    if i % 10 == 5
+                    else conn.call((b"ECHO", b"%d" % i), timeout_s=5)
+                    for i in range(200)
+                )
             )
             error = await conn.call((b"NOSUCHCOMMAND",), timeout_s=5)
         finally:
@@ -87,7 +93,7 @@ def test_connection_pipelines_commands_in_order(
         return [replies, error, conn.closed]
 
     replies, error, closed = _run(loop, main())
-    assert replies == [b"%d" % i for i in range(200)]
+    assert replies == [[b"b%d" % i, b"c%d" % i] if i % 10 == 5 else b"%d" % i for i in range(200)]
     assert isinstance(error, resp.ReplyError) and closed
 
 
