@@ -97,9 +97,9 @@ class Store:
                     password=self._password,
                     socket_connect_timeout=self._timeout_s,
                     socket_timeout=self._timeout_s,
-                    # Bounded: an upload waits a few seconds at most, then gets 503.
+                    # Bounded: an upload waits a few seconds at most, then gets 503. (Since
+                    # redis-py 6 this also bounds the retries after cluster errors.)
                     retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
-                    cluster_error_retry_attempts=2,
                 )
                 try:
                     await client.initialize()
