@@ -220,3 +220,8 @@ class TelemeterProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        # A cycle refers to its protocol; the protocol must not refer back once the connection
+        # is gone, or every connection's objects (which have lived long enough to reach the
+        # oldest GC generation) wait for a full collection: RSS grew ~17 MiB per pod in a soak.
+        self.cycle = None  # type: ignore[assignment]
+        self.pipeline.clear()
