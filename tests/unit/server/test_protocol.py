@@ -35,6 +35,9 @@ def _alive() -> int:
 
 
 async def _serve_and_close_connections(request: bytes, answer: bytes) -> tuple[int, int]:
+    """The objects of the connections' kinds alive beyond those alive before, while the
+    connections are open and once they are closed."""
+    before = _alive()
     port = free_port()
     # A runtime that is never entered: it holds no connection, and a refused upload needs none.
     rt = Runtime(parse_settings(["--redis-url", f"redis://127.0.0.1:{free_port()}"]))
@@ -49,12 +52,15 @@ async def _serve_and_close_connections(request: bytes, answer: bytes) -> tuple[i
             writer.write(request)
             await reader.readuntil(answer)
             writers.append(writer)
-        open_ = _alive()
+        open_ = _alive() - before
         for writer in writers:
             writer.close()
             await writer.wait_closed()
-        await asyncio.sleep(0.2)  # the server sees every close
-        return open_, _alive()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (closed := _alive() - before) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # until the server has seen every close
+        return open_, closed
     finally:
         server.should_exit = True
         await serving
