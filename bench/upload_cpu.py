@@ -31,6 +31,7 @@ from bench.common import (
     pinned,
     run_and_wait_seconds,
     stack,
+    yardstick_ms,
 )
 from telemeter.tools.stack import ServerHandle
 
@@ -133,6 +134,11 @@ def report(results: Sequence[UploadRun]) -> float:
     # so this ratio moves much less than the CPU figures when the machine gets faster or slower.
     ratio = median([r.server_ms_per_upload / r.redis_ms_per_upload for r in results])
     out(f"  server CPU / Redis CPU per upload: {ratio:.2f} (steadier than either on this machine)")
+    stick = yardstick_ms()
+    out(
+        f"  server CPU per upload / yardstick ({stick:.1f} ms now): {cpu / stick:.4f} "
+        "(to compare runs of different days)"
+    )
     return cpu
 
 
