@@ -91,15 +91,22 @@ cdef extern from *:
         return tm_multmodp(p, crc1) ^ crc2;
     }
 
-    /* Index of the first byte needing escape in a label value (backslash, quote, newline), or n.
-       Eight bytes at a time: a byte equal to c makes (w ^ c*0x01..01) have a zero byte. */
+    /* Whether any of eight bytes needs escape in a label value (backslash, quote, newline):
+       a byte equal to c makes (w ^ c*0x01..01) have a zero byte. */
+    #define TM_ONES 0x0101010101010101ULL
+    #define TM_HIGHS 0x8080808080808080ULL
+    static inline uint64_t tm_zero_byte(uint64_t x) { return (x - TM_ONES) & ~x & TM_HIGHS; }
+    static inline uint64_t tm_word_escapes(uint64_t w) {
+        return tm_zero_byte(w ^ (TM_ONES * 92)) | tm_zero_byte(w ^ (TM_ONES * 34))
+            | tm_zero_byte(w ^ (TM_ONES * 10));
+    }
+
+    /* Index of the first byte needing escape in a label value, or n; eight bytes at a time. */
     static Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n) {
-        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
         Py_ssize_t i = 0;
         for (; i + 8 <= n; i += 8) {
             uint64_t w; memcpy(&w, s + i, 8);
-            uint64_t a = w ^ (ones * 92), b = w ^ (ones * 34), c = w ^ (ones * 10);
-            if (((a - ones) & ~a & highs) | ((b - ones) & ~b & highs) | ((c - ones) & ~c & highs)) break;
+            if (tm_word_escapes(w)) break;
         }
         for (; i < n; i++) if (s[i] == 92 || s[i] == 34 || s[i] == 10) return i;
         return n;
@@ -157,13 +164,10 @@ cdef extern from *:
        copied as is), 0 when it is valid UTF-8 with bytes to escape or beyond ASCII, -1 when it
        is not valid UTF-8. */
     static int tm_scan_value(const unsigned char *s, Py_ssize_t n) {
-        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
         Py_ssize_t i = 0;
         for (; i + 8 <= n; i += 8) {
             uint64_t w; memcpy(&w, s + i, 8);
-            uint64_t a = w ^ (ones * 92), b = w ^ (ones * 34), c = w ^ (ones * 10);
-            if ((w & highs) | ((a - ones) & ~a & highs) | ((b - ones) & ~b & highs)
-                    | ((c - ones) & ~c & highs)) break;
+            if ((w & TM_HIGHS) | tm_word_escapes(w)) break;
         }
         for (; i < n; i++) {
             unsigned char c = s[i];
@@ -174,7 +178,6 @@ cdef extern from *:
     }
     """
     int tm_format_double(double v, char *out) except -1
-    int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
     int tm_scan_value(const unsigned char *s, Py_ssize_t n)
     void tm_names_init()
     int tm_valid_name(const unsigned char *s, Py_ssize_t n, int colon)
