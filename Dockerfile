@@ -23,6 +23,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY constraints.txt pyproject.toml setup.py README.md ./
 COPY telemeter ./telemeter
+COPY app ./app
+COPY client ./client
+# Of the dev harness, only the authorization stand-in ships (compose runs it); the Redis Cluster
+# launcher and the stack stay in the checkout.
+COPY dev/__init__.py dev/authorization_server.py ./dev/
 # The wheel is built without pip's build isolation, so its build requirements are pinned too:
 # Cython by constraints.txt, setuptools and wheel here (pip freeze leaves those two out).
 # The runtime virtualenv gets no pip of its own: the build venv's pip installs into it. The last
@@ -34,7 +39,7 @@ RUN python -m venv /opt/build \
  && python -m venv --without-pip /opt/telemeter \
  && /opt/build/bin/pip --python /opt/telemeter/bin/python install \
       --constraint constraints.txt /dist/telemeter-*.whl \
- && /opt/telemeter/bin/python -I -c "import telemeter.core._fastpass"
+ && /opt/telemeter/bin/python -I -c "import telemeter._fastpass"
 
 FROM ${PYTHON_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

@@ -1,18 +1,45 @@
-"""Builds the compiled upload pass (ARCHITECTURE.md decision 12); the rest is in pyproject."""
+"""Builds the compiled passes (docs/architecture.md, "The compiled pass") and declares the console
+scripts; the rest is in pyproject.toml.
+
+The dev harness (dev/: the local Redis Cluster, the stack behind `make demo`, the authorization
+stand-in) is installed from a checkout, for the demo and the tests. The image's build context holds
+only the stand-in of it (compose runs it), so only the scripts whose module is present are declared.
+"""
+
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+HERE = Path(__file__).resolve().parent
+SCRIPTS = {
+    "telemeter-server": "app.main:main",
+    "telemeter-client": "client.main:main",
+    "telemeter-benchmark": "client.benchmark:main",
+    "telemeter-authorization-server": "dev.authorization_server:main",
+    "telemeter-redis-cluster": "dev.redis_cluster:main",
+    "telemeter-stack": "dev.stack:main",
+}
+
+
+def _present(target: str) -> bool:
+    module = target.split(":")[0].replace(".", "/")
+    return (HERE / f"{module}.py").exists() or (HERE / module / "__init__.py").exists()
+
+
 setup(
+    entry_points={
+        "console_scripts": [f"{n} = {t}" for n, t in SCRIPTS.items() if _present(t)],
+    },
     ext_modules=cythonize(
         [
             Extension(
-                "telemeter.core._fastpass",
-                ["telemeter/core/_fastpass.pyx"],
+                "telemeter._fastpass",
+                ["telemeter/_fastpass.pyx"],
                 extra_compile_args=["-O3"],
                 libraries=["deflate"],  # libdeflate (Debian: libdeflate-dev)
             )
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
-    )
+    ),
 )

@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 import redis
 
-from telemeter.server import keys
-from telemeter.tools.benchmark import BenchmarkConfig, Summary, run_benchmark
-from telemeter.tools.redis_cluster import LocalRedisCluster
-from telemeter.tools.stack import ServerHandle, start_server, write_signing_key
+from app import keys
+from client.benchmark import BenchmarkConfig, Summary, run_benchmark
+from dev.redis_cluster import LocalRedisCluster
+from dev.stack import ServerHandle, start_server, write_signing_key
 
 STANDARD_PAYLOAD = (
     Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ from bench.common import (
     rss_bytes,
     stack,
 )
-from telemeter.tools.stack import ServerHandle
+from dev.stack import ServerHandle
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from bench.common import RING_ARGS, Stack, fill, load, load_config, machine_description, out, stack
 from bench.federate import fetch
-from telemeter.tools.ports import free_ports
-from telemeter.tools.processes import ManagedProcess
-from telemeter.tools.stack import KEEP_ALL, ServerHandle
+from dev.ports import free_ports
+from dev.processes import ManagedProcess
+from dev.stack import KEEP_ALL, ServerHandle
 
 SERIES_PER_UPLOAD = 232
 TOP = 15
@@ -71,7 +71,7 @@ def top_frames(raw: Path, *, top: int = TOP) -> dict[str, list[tuple[str, float]
     ours = [
         (f, n / total)
         for f, n in inclusive.most_common()
-        if "(telemeter/" in f and "(telemeter/server/main.py)" not in f
+        if "(telemeter/" in f and "(app/main.py)" not in f
     ]
     return {
         "samples": [("", float(total))],
@@ -124,7 +124,7 @@ def start_profiled_server(
     """A server run under ``python -m cProfile`` (the stats are written when it stops)."""
     ext, internal = free_ports(2)
     argv = [
-        sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "telemeter.server.main",
+        sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "app.main",
         "--name", name, "--redis-url", bench.cluster.url,
         "--listen", f"127.0.0.1:{ext}", "--listen-internal", f"127.0.0.1:{internal}",
         "--shared-key", str(bench.key), "--whitelist", KEEP_ALL, *RING_ARGS, *extra,

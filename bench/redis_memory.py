@@ -15,6 +15,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from app import keys
 from bench.common import (
     GO_RSS_PER_SERIES,
     Stack,
@@ -27,7 +28,6 @@ from bench.common import (
     wait_for_quiet_redis,
 )
 from bench.federate import fetch, sample_lines
-from telemeter.server import keys
 
 PUSH_TIME_SERIES = 1  # telemeter_push_time_seconds, one per cluster
 

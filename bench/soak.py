@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 import httpx
 from redis.cluster import ClusterNode, RedisCluster
 
+from app import keys
 from bench.common import Stack, load_config, machine_description, out, rss_bytes, stack
-from telemeter.server import keys
-from telemeter.tools.benchmark import Summary, run_benchmark
+from client.benchmark import Summary, run_benchmark
 
 RSS_TOLERANCE = 0.10
 ERROR_WAIT_S = 5.0

@@ -33,7 +33,7 @@ from bench.common import (
     stack,
     yardstick_ms,
 )
-from telemeter.tools.stack import ServerHandle
+from dev.stack import ServerHandle
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from bench.common import (
     run_and_wait_seconds,
     stack,
 )
-from telemeter.tools.benchmark import Summary, run_benchmark
-from telemeter.tools.stack import ServerHandle
+from client.benchmark import Summary, run_benchmark
+from dev.stack import ServerHandle
 
 
 @dataclass(frozen=True)

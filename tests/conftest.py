@@ -2,7 +2,7 @@
 
 ``redis_cluster`` is the one Redis Cluster the integration tests share. It is found through one
 env var, as in redis-py's own test suite: ``TELEMETER_TEST_REDIS_URL`` (the ``--redis-url``
-format, see :func:`telemeter.tools.redis_cluster.parse_redis_url`) points at an existing
+format, see :func:`dev.redis_cluster.parse_redis_url`) points at an existing
 cluster; without it a :class:`LocalRedisCluster` is started for the session and stopped after.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from telemeter.core.addresses import parse_redis_url
-from telemeter.tools.redis_cluster import LocalRedisCluster
-from telemeter.tools.stack import ServerHandle, start_server, write_signing_key
+from dev.redis_cluster import LocalRedisCluster
+from dev.stack import ServerHandle, start_server, write_signing_key
+from telemeter.addresses import parse_redis_url
 
 REDIS_URL_ENV = "TELEMETER_TEST_REDIS_URL"
 

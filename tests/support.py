@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telemeter.core import metrics_pb2, snappy
-from telemeter.core.delimited import write_families
-from telemeter.core.textparse import parse_text
-from telemeter.tools.stack import ServerHandle
+from dev.stack import ServerHandle
+from telemeter import metrics_pb2, snappy
+from telemeter.delimited import write_families
+from telemeter.textparse import parse_text
 
 TESTDATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata").resolve()
 DELIMITED = (

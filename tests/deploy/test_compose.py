@@ -27,20 +27,20 @@ import pytest
 import redis
 import yaml
 
-from telemeter.client.settings import build_parser as client_parser
-from telemeter.client.settings import load_runtime, settings_from_args
-from telemeter.core.addresses import parse_listen_address, parse_redis_url
-from telemeter.core.durations import parse_duration
-from telemeter.core.textparse import parse_text
-from telemeter.server.main import SHUTDOWN_GRACE_S
-from telemeter.server.settings import ServerSettings
-from telemeter.server.settings import build_parser as server_parser
-from telemeter.tools.authorization_server import load_tokens
-from telemeter.tools.benchmark import build_parser as benchmark_parser
-from telemeter.tools.benchmark import config_from_args
-from telemeter.tools.ports import free_ports
-from telemeter.tools.processes import ManagedProcess
-from telemeter.tools.prometheus import FEDERATE_JOB, SERVER_JOB, federate_scrape_config
+from app.main import SHUTDOWN_GRACE_S
+from app.settings import ServerSettings
+from app.settings import build_parser as server_parser
+from client.benchmark import build_parser as benchmark_parser
+from client.benchmark import config_from_args
+from client.settings import build_parser as client_parser
+from client.settings import load_runtime, settings_from_args
+from dev.authorization_server import load_tokens
+from dev.ports import free_ports
+from dev.processes import ManagedProcess
+from dev.prometheus import FEDERATE_JOB, SERVER_JOB, federate_scrape_config
+from telemeter.addresses import parse_listen_address, parse_redis_url
+from telemeter.durations import parse_duration
+from telemeter.textparse import parse_text
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"

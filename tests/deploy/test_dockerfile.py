@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from telemeter.client.settings import DEFAULT_LISTEN
-from telemeter.core.addresses import parse_listen_address
-from telemeter.server.settings import ServerSettings
+from app.settings import ServerSettings
+from client.settings import DEFAULT_LISTEN
+from telemeter.addresses import parse_listen_address
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -202,7 +202,7 @@ def test_the_build_context_holds_what_the_build_copies_and_nothing_else() -> Non
     assert package and not [p for p in package if _ignored(p, rules)]
     for unwanted in (
         ".venv/bin/python", ".git/HEAD", "build/lib/x.py", "tests/conftest.py", "tmp/artifacts/a",
-        "telemeter/core/_fastpass.cpython-311-x86_64-linux-gnu.so", "telemeter/core/_fastpass.c",
-        "telemeter/server/__pycache__/app.cpython-311.pyc", "compose/compose.yaml", "key.pem",
+        "telemeter/_fastpass.cpython-311-x86_64-linux-gnu.so", "telemeter/_fastpass.c",
+        "app/__pycache__/app.cpython-311.pyc", "compose/compose.yaml", "key.pem",
     ):  # fmt: skip
         assert _ignored(unwanted, rules), f"{unwanted} would be sent to the image build"

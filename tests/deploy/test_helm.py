@@ -25,16 +25,16 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from telemeter.client.settings import build_parser as client_parser
-from telemeter.client.settings import settings_from_args
-from telemeter.core.addresses import parse_listen_address
-from telemeter.server.app import create_external_app, create_internal_app
-from telemeter.server.main import SHUTDOWN_GRACE_S
-from telemeter.server.runtime import Runtime
-from telemeter.server.settings import ServerSettings
-from telemeter.server.settings import build_parser as server_parser
-from telemeter.server.tokens import load_signing_key
-from telemeter.tools.prometheus import federate_scrape_config
+from app.app import create_external_app, create_internal_app
+from app.main import SHUTDOWN_GRACE_S
+from app.runtime import Runtime
+from app.settings import ServerSettings
+from app.settings import build_parser as server_parser
+from app.tokens import load_signing_key
+from client.settings import build_parser as client_parser
+from client.settings import settings_from_args
+from dev.prometheus import federate_scrape_config
+from telemeter.addresses import parse_listen_address
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "telemeter"

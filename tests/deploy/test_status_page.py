@@ -23,19 +23,19 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from telemeter.core.textparse import parse_text
-from telemeter.server import keys, snapshot
-from telemeter.server.errors import HTTPProblem
-from telemeter.server.keys import RANGES, SLOTS, SLOTS_PER_RANGE, cluster_range
-from telemeter.server.status_page import (
+from app import keys, snapshot
+from app.errors import HTTPProblem
+from app.keys import RANGES, SLOTS, SLOTS_PER_RANGE, cluster_range
+from app.status_page import (
     ClusterInfo,
     cluster_info,
     rejects_by_reason,
     render_status,
 )
-from telemeter.server.tokens import InvalidToken
-from telemeter.server.uploads import reject_reason
-from telemeter.tools.stack import ServerHandle
+from app.tokens import InvalidToken
+from app.uploads import reject_reason
+from dev.stack import ServerHandle
+from telemeter.textparse import parse_text
 from tests.support import authorize, encode_upload, upload
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "tmp" / "artifacts"

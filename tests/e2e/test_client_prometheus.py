@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telemeter.client.forwarder import DELIMITED_CONTENT_TYPE, SCRAPE_ACCEPT
-from telemeter.core.transforms import anonymize
-from telemeter.tools.ports import free_ports
-from telemeter.tools.processes import ManagedProcess
-from telemeter.tools.stack import ServerHandle
+from client.forwarder import DELIMITED_CONTENT_TYPE, SCRAPE_ACCEPT
+from dev.ports import free_ports
+from dev.processes import ManagedProcess
+from dev.stack import ServerHandle
+from telemeter.transforms import anonymize
 from tests.support import federate, series_of
 from tests.unit.client.recorder import Recorder, text_reply
 
@@ -98,7 +98,7 @@ def test_prometheus_series_reach_the_server(
     )
     listen_port = free_ports(1)[0]
     argv = [
-        sys.executable, "-m", "telemeter.client.main",
+        sys.executable, "-m", "client.main",
         "--from", prometheus_url, "--to", server.external, "--id", "e2e-cluster",
         "--to-token", "a", "--match", '{job="static"}', "--interval", "30s",
         "--anonymize-labels", "instance", "--anonymize-salt", "s1",

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from telemeter.tools.prometheus import (
+from dev.prometheus import (
     FEDERATE_JOB,
     POD_INSTANCE_PREFIX,
     REPLICA_LABEL,
@@ -29,7 +29,7 @@ from telemeter.tools.prometheus import (
     federate_scrape_config,
     find_prometheus,
 )
-from telemeter.tools.stack import PUSH_TIME_METRIC, Stack, StackConfig, federated_series
+from dev.stack import PUSH_TIME_METRIC, Stack, StackConfig, federated_series
 from tests.conftest import REDIS_URL_ENV
 
 pytestmark = pytest.mark.e2e

@@ -34,13 +34,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from telemeter.core import metrics_pb2, snappy
-from telemeter.core.delimited import write_families
-from telemeter.server import keys, snapshot
-from telemeter.server.tokens import AUDIENCES, ISSUER, LABELS_CLAIM, TokenIssuer, load_signing_key
-from telemeter.server.tokens import generate_signing_key as other_key
-from telemeter.tools.ports import free_port
-from telemeter.tools.stack import ServerHandle, start_authorization_server, start_server
+from app import keys, snapshot
+from app.tokens import AUDIENCES, ISSUER, LABELS_CLAIM, TokenIssuer, load_signing_key
+from app.tokens import generate_signing_key as other_key
+from dev.ports import free_port
+from dev.stack import ServerHandle, start_authorization_server, start_server
+from telemeter import metrics_pb2, snappy
+from telemeter.delimited import write_families
 from tests.conftest import RedisClusterHandle
 from tests.support import DELIMITED, UPLOAD_HEADERS, encode_upload
 

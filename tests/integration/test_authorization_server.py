@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telemeter.core.addresses import parse_listen_address
-from telemeter.tools.authorization_server import load_tokens, main
+from dev.authorization_server import load_tokens, main
+from telemeter.addresses import parse_listen_address
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stand_in_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start ``python -m telemeter.tools.authorization_server`` on a free port; stop it after."""
+    """Start ``python -m dev.authorization_server`` on a free port; stop it after."""
     workdir = tmp_path_factory.mktemp("authorization-server")
     tokens_file = workdir / "tokens.json"
     tokens_file.write_text(json.dumps([{"token": "a"}, {"token": "b"}]))
@@ -40,7 +40,7 @@ def stand_in_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             [
                 sys.executable,
                 "-m",
-                "telemeter.tools.authorization_server",
+                "dev.authorization_server",
                 f"127.0.0.1:{port}",
                 str(tokens_file),
             ],

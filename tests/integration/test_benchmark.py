@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telemeter.core import snappy
-from telemeter.core.delimited import read_families
-from telemeter.core.textparse import parse_text
-from telemeter.tools.benchmark import BenchmarkConfig, PayloadPool, Summary, run_benchmark
-from telemeter.tools.ports import free_port
-from telemeter.tools.stack import ServerHandle, start_server
+from client.benchmark import BenchmarkConfig, PayloadPool, Summary, run_benchmark
+from dev.ports import free_port
+from dev.stack import ServerHandle, start_server
+from telemeter import snappy
+from telemeter.delimited import read_families
+from telemeter.textparse import parse_text
 from tests.conftest import RedisClusterHandle
 from tests.support import shared_file
 
@@ -63,7 +63,7 @@ def server(
 def test_cli_pushes_and_summarizes(server: ServerHandle) -> None:
     metrics_file = shared_file("upstream", "timeseries.txt")
     argv = [
-        sys.executable, "-m", "telemeter.tools.benchmark",
+        sys.executable, "-m", "client.benchmark",
         "--to", server.external, "--to-token", "a", "--metrics-file", str(metrics_file),
         "--workers", "4", "--interval", "300ms", "--ramp-up", "0s", "--uploads", "8",
         "--listen", "", "--json", "--progress", "never",

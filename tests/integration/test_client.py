@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telemeter.core.transforms import anonymize
-from telemeter.tools.ports import free_port
-from telemeter.tools.processes import ManagedProcess
-from telemeter.tools.stack import ServerHandle
+from dev.ports import free_port
+from dev.processes import ManagedProcess
+from dev.stack import ServerHandle
+from telemeter.transforms import anonymize
 from tests.support import federate, series_of
 from tests.unit.client.recorder import Recorder, text_reply
 
@@ -54,7 +54,7 @@ def start_client(tmp_path: Path) -> Iterator[StartClient]:
     def start(*args: str) -> tuple[ManagedProcess, str]:
         port = free_port()
         argv = [
-            sys.executable, "-m", "telemeter.client.main",
+            sys.executable, "-m", "client.main",
             "--listen", f"127.0.0.1:{port}", "--to-token", "a", *args,
         ]  # fmt: skip
         process = ManagedProcess(

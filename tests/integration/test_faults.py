@@ -26,10 +26,10 @@ import pytest
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from telemeter.core import metrics_pb2
-from telemeter.server import keys, snapshot
-from telemeter.tools.redis_cluster import LocalRedisCluster
-from telemeter.tools.stack import ServerHandle, start_server
+from app import keys, snapshot
+from dev.redis_cluster import LocalRedisCluster
+from dev.stack import ServerHandle, start_server
+from telemeter import metrics_pb2
 from tests.conftest import RedisClusterHandle, require_redis_server
 from tests.support import UPLOAD_HEADERS, encode_upload
 

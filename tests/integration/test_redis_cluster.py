@@ -23,8 +23,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from telemeter.core.addresses import parse_redis_url
-from telemeter.tools.redis_cluster import LocalRedisCluster
+from dev.redis_cluster import LocalRedisCluster
+from telemeter.addresses import parse_redis_url
 from tests.conftest import RedisClusterHandle, require_redis_server
 
 FAILOVER_BOUND_S = 20.0
@@ -218,7 +218,7 @@ def test_cli_nodes_end_with_the_launcher(tmp_path: Path, sig: signal.Signals) ->
     with (tmp_path / "stderr.log").open("wb") as stderr:
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "telemeter.tools.redis_cluster"),
+                *(sys.executable, "-m", "dev.redis_cluster"),
                 *("--dir", str(tmp_path / "data"), "--primaries", "1", "--replicas", "0"),
             ],
             stdout=subprocess.PIPE,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
 
-from telemeter.server import resp
-from telemeter.tools.ports import free_port
+from app import resp
+from dev.ports import free_port
 from tests.conftest import RedisClusterHandle
 
 pytestmark = pytest.mark.integration
@@ -128,8 +128,8 @@ def test_uploads_use_the_kept_connections(
     """Both upload commands go over the bare connections; the cluster client is not needed."""
     from prometheus_client import CollectorRegistry, Histogram
 
-    from telemeter.server import keys, snapshot
-    from telemeter.server.store import Store
+    from app import keys, snapshot
+    from app.store import Store
 
     latency = Histogram("t", "t", ["op"], registry=CollectorRegistry())
     store = Store(
@@ -156,7 +156,7 @@ def test_uploads_use_the_kept_connections(
             await store.close()
         return first, again, stored
 
-    with caplog.at_level("INFO", logger="telemeter.server.store"):
+    with caplog.at_level("INFO", logger="app.store"):
         first, again, stored = _run(loop, main())
     assert first == [0] * len(clusters)
     assert all(0 < wait <= 60_000 for wait in again)  # rate limited, by the Lua script

@@ -26,10 +26,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from telemeter.core.addresses import parse_redis_url
-from telemeter.server.keys import RANGES, SLOTS, RingKeys
-from telemeter.server.ring import Ring
-from telemeter.tools.redis_cluster import LocalRedisCluster
+from app.keys import RANGES, SLOTS, RingKeys
+from app.ring import Ring
+from dev.redis_cluster import LocalRedisCluster
+from telemeter.addresses import parse_redis_url
 from tests.conftest import RedisClusterHandle, require_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from telemeter.core import metrics_pb2
-from telemeter.server import keys
-from telemeter.tools.stack import ServerHandle
+from app import keys
+from dev.stack import ServerHandle
+from telemeter import metrics_pb2
 from tests.support import UPLOAD_HEADERS, authorize, encode_upload, federate
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from telemeter.core import metrics_pb2, snappy
-from telemeter.core.delimited import read_families, write_families
-from telemeter.server import keys
-from telemeter.server.tokens import TokenIssuer, generate_signing_key
-from telemeter.tools.stack import ServerHandle, start_server
+from app import keys
+from app.tokens import TokenIssuer, generate_signing_key
+from dev.stack import ServerHandle, start_server
+from telemeter import metrics_pb2, snappy
+from telemeter.delimited import read_families, write_families
 from tests.conftest import RedisClusterHandle
 from tests.support import (
     DELIMITED,
@@ -341,7 +341,7 @@ def test_every_key_of_a_cluster_carries_its_hash_tag(
     redis_cluster: RedisClusterHandle,
     tmp_path: Path,
 ) -> None:
-    from telemeter.tools.stack import start_authorization_server
+    from dev.stack import start_authorization_server
 
     stand_in, url = start_authorization_server(workdir=tmp_path, tokens=["good"])
     try:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from telemeter.client.settings import ClientSettings, parse_settings
+from client.settings import ClientSettings, parse_settings
 from tests.unit.client.recorder import Recorder
 
 SettingsFactory = Callable[..., ClientSettings]

@@ -6,7 +6,7 @@ import random
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from telemeter.client.backoff import MAX_RETRY_AFTER_SECONDS, Backoff, parse_retry_after
+from client.backoff import MAX_RETRY_AFTER_SECONDS, Backoff, parse_retry_after
 
 
 def test_ceiling_doubles_up_to_the_cap_and_resets() -> None:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from telemeter.client.errors import AuthorizeError, ScrapeError, UploadError
-from telemeter.client.forwarder import DELIMITED_CONTENT_TYPE, USER_AGENT, Forwarder, ForwardResult
-from telemeter.client.metrics import ClientMetrics
-from telemeter.client.settings import ClientSettings, load_runtime
-from telemeter.client.tokens import TokenCache
-from telemeter.core import metrics_pb2
-from telemeter.core.delimited import read_families, write_families
-from telemeter.core.snappy import STREAM_IDENTIFIER, decode_framed
-from telemeter.core.textparse import parse_text
-from telemeter.core.transforms import anonymize
+from client.errors import AuthorizeError, ScrapeError, UploadError
+from client.forwarder import DELIMITED_CONTENT_TYPE, USER_AGENT, Forwarder, ForwardResult
+from client.metrics import ClientMetrics
+from client.settings import ClientSettings, load_runtime
+from client.tokens import TokenCache
+from telemeter import metrics_pb2
+from telemeter.delimited import read_families, write_families
+from telemeter.snappy import STREAM_IDENTIFIER, decode_framed
+from telemeter.textparse import parse_text
+from telemeter.transforms import anonymize
 from tests.unit.client.conftest import SettingsFactory
 from tests.unit.client.recorder import Recorded, Recorder, Reply, text_reply, token_reply
 
@@ -26,7 +26,7 @@ TESTDATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "testdata").
 GO_MATCH = '{__name__=~".+"}'
 GO_LONG_LIVED = "secret-token"
 GO_JWT = "captured.jwt.token"
-# Header differences we choose (see telemeter/client/forwarder.py): Host carries another port,
+# Header differences we choose (see client/forwarder.py): Host carries another port,
 # User-Agent names this client. The upload is chunked, with no Content-Length, as Go sends it.
 DIFFERENT = {"host", "user-agent"}
 
@@ -306,7 +306,7 @@ def test_scrape_sends_the_from_token(server: Recorder, make_settings: SettingsFa
 
 
 def test_unreachable_servers_are_forward_errors(make_settings: SettingsFactory) -> None:
-    from telemeter.tools.ports import free_port
+    from dev.ports import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ScrapeError, match="cannot read"):

@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from telemeter.client.main import main
-from telemeter.core.transforms import anonymize
-from telemeter.tools.ports import free_port
+from client.main import main
+from dev.ports import free_port
+from telemeter.transforms import anonymize
 from tests.unit.client.recorder import Recorded, Recorder, Reply, text_reply, token_reply
 
 
@@ -65,7 +65,7 @@ def client_process(
     server.script("/authorize", token_reply(labels={"_id": "c1"}))
     server.script("/upload", Reply(200))
     argv = [
-        sys.executable, "-m", "telemeter.client.main",
+        sys.executable, "-m", "client.main",
         "--from", server.url, "--to", server.url, "--id", "c1", "--to-token", "t",
         "--listen", f"127.0.0.1:{port}", "--interval", "30s", "--match-file", str(match_file),
         "--anonymize-labels", "instance", "--anonymize-salt", "s1",

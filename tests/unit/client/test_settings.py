@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from telemeter.client.errors import ConfigError
-from telemeter.client.settings import (
+from client.errors import ConfigError
+from client.settings import (
     DEFAULT_LIMIT_BYTES,
     ClientSettings,
     federate_url,

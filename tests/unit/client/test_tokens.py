@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from telemeter.client.errors import AuthorizeError
-from telemeter.client.tokens import TokenCache, UploadToken, parse_token_response
+from client.errors import AuthorizeError
+from client.tokens import TokenCache, UploadToken, parse_token_response
 
 
 class FakeClock:

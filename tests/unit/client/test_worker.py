@@ -12,12 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from telemeter.client.backoff import Backoff
-from telemeter.client.errors import ConfigError
-from telemeter.client.forwarder import Forwarder
-from telemeter.client.metrics import ClientMetrics
-from telemeter.client.settings import ClientSettings, load_runtime
-from telemeter.client.worker import Worker
+from client.backoff import Backoff
+from client.errors import ConfigError
+from client.forwarder import Forwarder
+from client.metrics import ClientMetrics
+from client.settings import ClientSettings, load_runtime
+from client.worker import Worker
 from tests.unit.client.conftest import SettingsFactory
 from tests.unit.client.recorder import Recorded, Recorder, Reply, text_reply, token_reply
 

@@ -1,0 +1,140 @@
+"""`telemeter-server`: one process, one event loop, two listeners (ARCHITECTURE.md decision 10)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from app.app import create_external_app, create_internal_app
+from app.protocol import TelemeterProtocol
+from app.runtime import Runtime
+from app.settings import ServerSettings, parse_settings
+from telemeter.addresses import parse_listen_address
+from telemeter.delimited import check_upb
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to `serve` (two servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(
+    app: object,
+    address: str,
+    crt: Path | None,
+    key: Path | None,
+    *,
+    head_timeout_s: float,
+    uploads: Runtime | None = None,
+) -> uvicorn.Config:
+    host, port = parse_listen_address(address)
+    protocol = type(
+        "Protocol", (TelemeterProtocol,), {"head_timeout_s": head_timeout_s, "runtime": uploads}
+    )
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        lifespan="off",
+        http=protocol,
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        ssl_certfile=crt,
+        ssl_keyfile=key,
+    )
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run both listeners until SIGTERM or SIGINT, then shut down cleanly."""
+    check_upb()  # the fast upb protobuf backend is required (the reference pass uses it)
+    async with Runtime(settings) as rt:
+        # What exists now lives as long as the process: keep it out of the collector's scans.
+        gc.collect()
+        gc.freeze()
+        servers = [
+            _Server(
+                _config(
+                    create_external_app(rt),
+                    settings.listen,
+                    settings.tls_crt,
+                    settings.tls_key,
+                    head_timeout_s=settings.upload_timeout,
+                    uploads=rt,
+                )
+            ),
+            _Server(
+                _config(
+                    create_internal_app(rt),
+                    settings.listen_internal,
+                    settings.internal_tls_crt,
+                    settings.internal_tls_key,
+                    head_timeout_s=settings.upload_timeout,
+                )
+            ),
+        ]
+
+        async def shutdown(signum: int) -> None:
+            # I4: stop serving and release the ring's leases first, so the other pods take
+            # the ranges over within two heartbeats, then close the listeners.
+            log.info("shutting down signal=%s", signal.Signals(signum).name)
+            await rt.ring.stop()
+            for server in servers:
+                server.should_exit = True
+
+        tasks: set[asyncio.Task[None]] = set()
+
+        def stop(signum: int) -> None:
+            task = asyncio.ensure_future(shutdown(signum))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+        log.info(
+            "telemeter-server started name=%s listen=%s listen_internal=%s",
+            settings.name, settings.listen, settings.listen_internal,
+        )  # fmt: skip
+        await asyncio.gather(*(server.serve() for server in servers))
+        if not all(server.started for server in servers):
+            raise SystemExit("a listener could not start (is its address in use?)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of `telemeter-server`."""
+    settings = parse_settings(argv)
+    level = logging.DEBUG if settings.verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is an optional speed-up (installed with uvicorn[standard])
+        pass
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The stored form of a cluster's snapshot, and merging snapshots into one `/federate` answer.
+
+A snapshot is rendered once, at upload, and served many times (ARCHITECTURE.md decision 4). Its
+families' sample lines (with ``_id`` and the server timestamp in place) are stored behind a small
+family table, the whole compressed as *one* raw deflate stream (ISA-L level 1: ~45 us and ~4.9 KB
+for the standard payload). One stream per cluster compresses about twice as well as one
+independent segment per family, because the label sets repeat across families.
+
+`/federate` inflates each snapshot once (libdeflate, exact size known), appends each family's
+text to that family's buffer (compiled, `_fastpass.merge_snapshots`), and writes every family
+once under its ``# TYPE`` line: plain, or compressed as one gzip member by ISA-L as it is sent.
+
+Layout of the stored value (integers big-endian)::
+
+    b"TM3" | push time ms (u64) | series (u32) | raw length (u32) | deflate length (u32)
+          | raw deflate of RAW
+    RAW = family count (u16) | per family: type (u8) | name length (u16) | name | text length (u32)
+          | the family texts, in table order
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+from isal import isal_zlib
+
+from telemeter._fastpass import crc32_combine, inflate, merge_snapshots, pack_families
+from telemeter.errors import TelemeterError
+from telemeter.exposition import TYPE_NAMES, escape_label_value, format_value
+
+MAGIC = b"TM3"
+_HEAD = struct.Struct(">3sQIII")
+_COUNT = struct.Struct(">H")
+_FAMILY = struct.Struct(">BH")
+_TEXT = struct.Struct(">I")
+DEFLATE_LEVEL = 1  # ISA-L level 1: several times less CPU than zlib's level 1, same size
+RAW_DEFLATE = -15
+# A stored snapshot never inflates to more than this (uploads are capped far below it).
+MAX_RAW = 256 * 1024 * 1024
+PUSH_TIME_FAMILY = "telemeter_push_time_seconds"
+
+
+class CorruptSnapshot(TelemeterError):
+    """A stored value is not a snapshot of this format (skipped by `/federate`, and counted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One family of a snapshot: its name, type and sample lines."""
+
+    name: str
+    kind: int
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A decoded snapshot: when it was pushed, how many series, and its families."""
+
+    push_time_ms: int
+    series: int
+    families: list[Family]
+
+
+def push_time_lines(partition_label: str, cluster_id: str, now_ms: int) -> bytes:
+    """The per-cluster last-push-time series (ARCHITECTURE.md decision 11)."""
+    labels = f'{partition_label}="{escape_label_value(cluster_id)}"'
+    return f"{PUSH_TIME_FAMILY}{{{labels}}} {_sample(now_ms)}\n".encode()
+
+
+@functools.lru_cache(maxsize=16)
+def _sample(now_ms: int) -> str:
+    # Uploads are stamped in whole seconds: the (slow, Go-exact) float formatting runs about once
+    # a second, not once per upload.
+    return f"{format_value(now_ms / 1000)} {now_ms}"
+
+
+def encode(push_time_ms: int, series: int, families: Iterable[tuple[str, int, bytes]]) -> bytes:
+    """Build a stored snapshot from (name, type, sample lines) tuples."""
+    raw = pack_families(list(families))
+    compressed = isal_zlib.compress(raw, DEFLATE_LEVEL, RAW_DEFLATE)
+    return _HEAD.pack(MAGIC, push_time_ms, series, len(raw), len(compressed)) + compressed
+
+
+def decode(value: bytes) -> Snapshot:
+    """Split a stored snapshot into its families."""
+    try:
+        magic, push_time_ms, series, size, compressed = _HEAD.unpack_from(value, 0)
+        if magic != MAGIC:
+            raise CorruptSnapshot("not a telemeter snapshot")
+        if _HEAD.size + compressed != len(value):
+            raise CorruptSnapshot("truncated snapshot, or trailing bytes")
+        if size > MAX_RAW:
+            raise CorruptSnapshot("snapshot larger than the limit")
+        raw = inflate(value, _HEAD.size, size)
+        (count,) = _COUNT.unpack_from(raw, 0)
+        pos = _COUNT.size
+        table: list[tuple[str, int, int]] = []
+        for _ in range(count):
+            kind, name_len = _FAMILY.unpack_from(raw, pos)
+            pos += _FAMILY.size
+            name = raw[pos : pos + name_len].decode()
+            (text_len,) = _TEXT.unpack_from(raw, pos + name_len)
+            pos += name_len + _TEXT.size
+            table.append((name, kind, text_len))
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise CorruptSnapshot(str(exc)) from exc
+    out: list[Family] = []
+    for name, kind, text_len in table:
+        out.append(Family(name, kind, raw[pos : pos + text_len]))
+        pos += text_len
+    if pos != len(raw):
+        raise CorruptSnapshot("the family table does not match the texts")
+    return Snapshot(push_time_ms, series, out)
+
+
+@dataclass(slots=True)
+class Merged:
+    """Snapshots grouped per family, ready to be written as one exposition.
+
+    ``families`` maps a name to ``[kind, texts]``: the family's lines from every cluster, in a
+    few buffers (`_fastpass.FamilyText`, one per type and per half of the snapshots).
+    """
+
+    families: dict[str, list[Any]] = field(default_factory=dict)
+    clusters: int = 0
+    series: int = 0
+    corrupt: int = 0
+    conflicts: int = 0
+
+
+COUNTER, GAUGE, UNTYPED = 0, 1, 3  # MetricType values
+SIMPLE = (COUNTER, GAUGE, UNTYPED)  # types served together, as untyped when they differ
+# Below this many snapshots one thread merges them all; above, two halves merge in parallel
+# (the compiled merge inflates and copies without the GIL).
+PARALLEL_MIN = 64
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
+
+
+def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
+    """Group the families of many stored snapshots by name, so each name is written once.
+
+    Runs compiled (`_fastpass.merge_snapshots`), with no Python work per family per cluster; the
+    second half of the snapshots is merged on a worker thread meanwhile. Snapshots pushed before
+    ``oldest_ms`` are left out; values that do not parse are counted in ``corrupt``. When clusters
+    disagree on a family's type, the type seen first decides: if it is a counter, gauge or
+    untyped, every counter, gauge and untyped text is served, as ``untyped`` when they differ;
+    otherwise only the texts of that type are. Texts left out are counted in ``conflicts`` (the
+    exposition would not be valid with both).
+    """
+    if len(values) < PARALLEL_MIN:
+        parts = [merge_snapshots(values, oldest_ms, MAGIC, MAX_RAW)]
+    else:
+        half = len(values) // 2
+        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAGIC, MAX_RAW)
+        parts = [merge_snapshots(values[:half], oldest_ms, MAGIC, MAX_RAW), second.result()]
+    merged = Merged()
+    grouped: dict[str, list[Any]] = {}  # name -> [first kind, texts per kind]
+    for families, clusters, series, corrupt in parts:
+        merged.clusters += clusters
+        merged.series += series
+        merged.corrupt += corrupt
+        for name, texts in families.items():
+            entry = grouped.get(name)
+            if entry is None:
+                grouped[name] = entry = [texts[-1], [[] for _ in texts[:-1]]]
+            for kind, text in enumerate(texts[:-1]):
+                if text is not None:
+                    entry[1][kind].append(text)
+    for name, (first, by_kind) in grouped.items():
+        kinds = SIMPLE if first in SIMPLE else (first,)
+        present = [k for k in kinds if by_kind[k]]
+        kind = first if present == [first] else UNTYPED
+        merged.families[name] = [kind, [text for k in kinds for text in by_kind[k]]]
+        merged.conflicts += sum(
+            text.clusters for k, texts in enumerate(by_kind) if k not in kinds for text in texts
+        )
+    return merged
+
+
+def _type_line(name: str, kind: int) -> bytes:
+    return f"# TYPE {name} {TYPE_NAMES.get(kind, 'untyped')}\n".encode()
+
+
+def write_plain(merged: Merged) -> Iterator[bytes | memoryview]:
+    """The merged exposition as plain text (the family buffers are sent without a copy)."""
+    for name, (kind, texts) in merged.families.items():
+        yield _type_line(name, kind)
+        for text in texts:
+            yield memoryview(text)
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
+# Below this much text one thread compresses all of a gzip answer.
+PARALLEL_GZIP_MIN = 4 * 1024 * 1024
+
+
+def _deflate(families: list[tuple[str, list[Any]]], *, final: bool) -> tuple[list[bytes], int, int]:
+    """Raw deflate of some families' text (ending with a full flush unless ``final``), with the
+    CRC-32 and length of that text. ISA-L releases the GIL while it compresses."""
+    stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
+    out: list[bytes] = []
+    crc = size = 0
+    for name, (kind, texts) in families:
+        for part in (_type_line(name, kind), *texts):
+            out.append(stream.compress(part))
+            crc = isal_zlib.crc32(part, crc)
+            size += len(part)
+    out.append(stream.flush(isal_zlib.Z_FINISH if final else isal_zlib.Z_FULL_FLUSH))
+    return out, crc, size
+
+
+def write_gzip(merged: Merged) -> Iterator[bytes]:
+    """The merged exposition as one gzip member, compressed by ISA-L as it is written.
+
+    A large answer is cut in two at a family boundary; the second part is compressed on a
+    worker thread meanwhile. The first part ends with a full flush, so the second needs none of
+    its data, and the trailer's CRC-32 is combined from the two parts' CRCs.
+    """
+    families = list(merged.families.items())
+    ends = list(accumulate(sum(map(len, texts)) for _, (_, texts) in families))
+    total = ends[-1] if ends else 0
+    cut = bisect_left(ends, total / 2) + 1 if total >= PARALLEL_GZIP_MIN else len(families)
+    out, crc, size = (
+        _deflate(families, final=True)  # small, or one family holds most of it: one part
+        if cut >= len(families)
+        else _deflate_in_two(families[:cut], families[cut:])
+    )
+    yield GZIP_HEADER + b"".join(out)
+    yield struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def _deflate_in_two(
+    first: list[tuple[str, list[Any]]], second: list[tuple[str, list[Any]]]
+) -> tuple[list[bytes], int, int]:
+    """`_deflate` of first + second, the second part on a worker thread meanwhile."""
+    later = _POOL.submit(_deflate, second, final=True)
+    out, crc, size = _deflate(first, final=False)
+    out2, crc2, size2 = later.result()
+    return out + out2, crc32_combine(crc, crc2, size2), size + size2

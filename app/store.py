@@ -1,0 +1,430 @@
+"""Redis Cluster access: snapshots, the rate limit, the cluster index and cached authorizations.
+
+This is the only module that talks to Redis. Every redis-py exception is translated here, once,
+into `StoreUnavailable`, which the server answers with 503 and ``Retry-After`` (ARCHITECTURE.md
+decision 9). The connection is made lazily and re-made after a failure, so a server started
+before Redis becomes ready by itself when Redis appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from prometheus_client import Histogram
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
+
+from app import keys, resp
+from telemeter.errors import TelemeterError
+
+log = logging.getLogger(__name__)
+
+# One script per upload: the rate limit is checked and consumed, and the snapshot replaced,
+# atomically in the cluster's slot (decisions 2, 3 and 8). Returns 0, or the milliseconds to
+# wait when the cluster uploaded less than --ratelimit ago (nothing is written then).
+SAVE_SNAPSHOT = """
+local wait = redis.call('PTTL', KEYS[2])
+if wait > 0 then return wait end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return 0
+"""
+
+SAVE_SNAPSHOT_BYTES = SAVE_SNAPSHOT.encode()
+
+COUNT_FAILURE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
+# Everything redis-py raises for an unreachable or failing cluster (RedisClusterException is not
+# a RedisError).
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
+
+
+# Errors of a bare node connection after which the cluster client is asked instead.
+NODE_ERRORS = (ConnectionError, TimeoutError, OSError)
+
+
+_UNANSWERED = object()  # a command the bare connection could not run
+
+
+class StoreUnavailable(TelemeterError):
+    """Redis could not be reached or answered with an error: retry later (503)."""
+
+
+class Store:
+    """The server's view of Redis Cluster."""
+
+    def __init__(
+        self,
+        *,
+        nodes: list[tuple[str, int]],
+        password: str | None,
+        ttl_ms: int,
+        ratelimit_ms: int,
+        latency: Histogram,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self._nodes = nodes
+        self._password = password
+        self.ttl_ms = ttl_ms
+        self.ratelimit_ms = ratelimit_ms
+        self._latency = latency
+        self._timeout_s = timeout_s
+        self._client: RedisCluster | None = None
+        self._connections: dict[str, resp.Connection] = {}
+        self._latency_of: dict[str, Any] = {}  # the latency histogram's child per operation
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> RedisCluster:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                client = RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
+                    password=self._password,
+                    socket_connect_timeout=self._timeout_s,
+                    socket_timeout=self._timeout_s,
+                    # Bounded: an upload waits a few seconds at most, then gets 503. (Since
+                    # redis-py 6 this also bounds the retries after cluster errors.)
+                    retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+                )
+                try:
+                    await client.initialize()
+                except REDIS_ERRORS as exc:
+                    await _close_quietly(client)
+                    raise StoreUnavailable(f"redis cluster unreachable: {exc}") from exc
+                self._client = client
+            return self._client
+
+    async def client(self) -> RedisCluster:
+        """The connected client (for the ring, which keeps its own state in Redis)."""
+        return await self._connect()
+
+    @asynccontextmanager
+    async def _call(self, op: str) -> AsyncIterator[RedisCluster]:
+        """Time one operation and translate redis-py's errors (the one place this happens,
+        with `save_snapshot`, which does the same without a context manager's cost)."""
+        client = await self._connect()
+        start = time.perf_counter()
+        try:
+            yield client
+        except REDIS_ERRORS as exc:
+            raise _failed(op, exc) from exc
+        finally:
+            self._observe(op, start)
+
+    def _observe(self, op: str, start: float) -> None:
+        child = self._latency_of.get(op)
+        if child is None:
+            child = self._latency_of[op] = self._latency.labels(op)
+        child.observe(time.perf_counter() - start)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        connections, self._connections = self._connections, {}
+        for conn in connections.values():
+            conn.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await _close_quietly(client)
+
+    async def ping(self) -> bool:
+        """Whether every primary answers (the readiness of the server)."""
+        try:
+            async with self._call("ping") as client:
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def save_snapshot(self, cluster_id: str, value: bytes, *, now_ms: int) -> int:
+        """Replace the cluster's snapshot unless it is rate limited; returns 0 or the ms to wait.
+
+        The index entry is written first: an entry without a snapshot is harmless (skipped and
+        later pruned), a snapshot without an entry would be invisible.
+        """
+        snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
+        snap_key = snap.encode()
+        snap_slot = key_slot(snap_key)
+        index = keys.index_key(keys.range_of_slot(snap_slot))
+        index_key = index.encode()
+        ttl, ratelimit = self.ttl_ms, self.ratelimit_ms
+        zadd = (b"ZADD", index_key, b"%d" % now_ms, cluster_id.encode())
+        save = (
+            b"EVAL",
+            SAVE_SNAPSHOT_BYTES,
+            b"2",
+            snap_key,
+            limit.encode(),
+            value,
+            b"%d" % ttl,
+            b"%d" % ratelimit,
+        )
+
+        def index_again(c: RedisCluster) -> Awaitable[Any]:
+            return c.zadd(index, {cluster_id: now_ms})
+
+        def save_again(c: RedisCluster) -> Awaitable[Any]:
+            return c.eval(SAVE_SNAPSHOT, 2, snap, limit, value, ttl, ratelimit)
+
+        client = await self._connect()
+        start = time.perf_counter()
+        try:
+            index_node, snap_node = (
+                _primary(client, key_slot(index_key)),
+                _primary(client, snap_slot),
+            )
+            if (
+                index_node is not None
+                and snap_node is not None
+                and index_node.name == snap_node.name
+            ):
+                # One write on one connection; Redis runs the two in order, the entry first.
+                _, wait = await self._on_node(
+                    client, snap_node, [(zadd, index_again), (save, save_again)]
+                )
+            else:
+                await self._on_node(client, index_node, [(zadd, index_again)])
+                (wait,) = await self._on_node(client, snap_node, [(save, save_again)])
+        except REDIS_ERRORS as exc:
+            raise _failed("save", exc) from exc
+        finally:
+            self._observe("save", start)
+        return int(wait)
+
+    async def _on_node(
+        self,
+        client: RedisCluster,
+        node: ClusterNode | None,
+        commands: list[tuple[tuple[bytes, ...], Callable[[RedisCluster], Awaitable[Any]]]],
+    ) -> list[Any]:
+        """Run (command, fallback) pairs on the kept connection to ``node``, in one write.
+
+        A bare RESP connection skips redis-py's command machinery (most of the CPU of a command).
+        A command that could not be sent, whose node failed or that answered an error (a slot
+        that moved, for instance) goes through the cluster client instead (its ``fallback``),
+        which follows redirections, refreshes its view of the cluster and raises what redis-py
+        raises.
+        """
+        replies: list[Any] = [_UNANSWERED] * len(commands)
+        if node is not None:
+            try:
+                conn = await self._connection(node)
+                replies = await conn.batch([c for c, _ in commands], timeout_s=self._timeout_s)
+            except NODE_ERRORS as exc:
+                log.info("node command failed, retrying via the cluster error=%r", exc)
+        results = []
+        for (_, fallback), reply in zip(commands, replies, strict=True):
+            if isinstance(reply, resp.ReplyError):
+                log.info("node answered an error, retrying via the cluster error=%s", reply)
+            if reply is _UNANSWERED or isinstance(reply, resp.ReplyError):
+                reply = await fallback(client)
+            results.append(reply)
+        return results
+
+    async def _connection(self, node: ClusterNode) -> resp.Connection:
+        """The kept connection to a node, opened on first use and after it closed."""
+        conn = self._connections.get(node.name)
+        if conn is None or conn.closed:
+            conn = await resp.Connection.open(
+                node.host, int(node.port), password=self._password, timeout_s=self._timeout_s
+            )
+            old = self._connections.get(node.name)
+            if old is not None and not old.closed:  # another upload opened one meanwhile
+                conn.close()
+                return old
+            self._connections[node.name] = conn
+        return conn
+
+    async def load_snapshots(self, ranges: Iterable[int], *, now_ms: int) -> list[bytes]:
+        """Every stored snapshot of the clusters in the given ring ranges, range by range.
+
+        The ranges are read per node of their index key: as soon as a node has answered for its
+        index keys, the snapshots of those clusters are asked for, while other nodes may still
+        be answering for theirs.
+        """
+        ranges = list(ranges)
+        prune_before_ms = now_ms - keys.INDEX_PRUNE_GRACE_MS
+        async with self._call("load") as client:
+            by_node: dict[str, list[int]] = {}
+            for r in ranges:
+                node = _primary(client, key_slot(keys.index_key(r).encode()))
+                by_node.setdefault(node.name if node else "", []).append(r)
+            reads = await asyncio.gather(
+                *(self._load_ranges(client, group, prune_before_ms) for group in by_node.values())
+            )
+        values: dict[int, list[bytes]] = {}
+        stale: list[tuple[int, str]] = []
+        for found, gone in reads:
+            values.update(found)
+            stale += gone
+        if stale:
+            await self._prune(stale)
+        return [value for r in ranges for value in values.get(r, ())]
+
+    async def _load_ranges(
+        self, client: RedisCluster, ranges: list[int], prune_before_ms: int
+    ) -> tuple[dict[int, list[bytes]], list[tuple[int, str]]]:
+        """The snapshots of some ranges per range, and the (range, cluster) index entries older
+        than ``prune_before_ms`` whose snapshot is gone."""
+        indexes: list[list[tuple[bytes, float]]] = await self._per_node(
+            client,
+            [keys.index_key(r) for r in ranges],
+            command=lambda key: (b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"),
+            convert=_pairs,
+            add=lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
+        )
+        entries = [
+            (r, member.decode(), score)
+            for r, idx in zip(ranges, indexes, strict=True)
+            for member, score in idx
+        ]
+        if not entries:
+            return {}, []
+        replies: list[bytes | None] = await self._per_node(
+            client,
+            [keys.snapshot_key(cluster_id) for _, cluster_id, _ in entries],
+            command=lambda key: (b"GET", key),
+            convert=lambda reply: reply,
+            add=lambda pipe, key: pipe.get(key),
+        )
+        found: dict[int, list[bytes]] = {}
+        stale = []
+        for (r, cluster_id, score), value in zip(entries, replies, strict=True):
+            if value is not None:
+                found.setdefault(r, []).append(value)
+            elif score < prune_before_ms:
+                stale.append((r, cluster_id))
+        return found, stale
+
+    async def _per_node(
+        self,
+        client: RedisCluster,
+        names: list[str],
+        *,
+        command: Callable[[bytes], tuple[bytes, ...]],
+        convert: Callable[[Any], Any],
+        add: Callable[[Any, str], Any],
+    ) -> list[Any]:
+        """One single-key read per name, sent as one batch on the kept connection per primary.
+
+        ``command`` gives the raw command and ``convert`` shapes its raw reply the way redis-py
+        would; ``add`` queues the same command on a redis-py pipeline. The cluster client takes
+        over for a node that fails (it finds the node's successor) and for a reply redirected
+        because a slot moved (it follows the redirection).
+        """
+        groups: dict[str, list[int]] = {}
+        nodes: dict[str, ClusterNode] = {}
+        encoded = [name.encode() for name in names]
+        for i, key in enumerate(encoded):
+            node = _primary(client, key_slot(key))
+            if node is None:
+                raise StoreUnavailable(f"no node serves the slot of {names[i]}")
+            groups.setdefault(node.name, []).append(i)
+            nodes[node.name] = node
+        results: list[Any] = [None] * len(names)
+
+        async def via_cluster(indices: list[int]) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for i in indices:
+                add(pipe, names[i])
+            return list(await pipe.execute())
+
+        async def run(node_name: str) -> None:
+            node, indices = nodes[node_name], groups[node_name]
+            try:
+                conn = await self._connection(node)
+                raw = await conn.batch(
+                    [command(encoded[i]) for i in indices], timeout_s=self._timeout_s
+                )
+            except NODE_ERRORS as exc:
+                log.info("node pipeline failed, retrying via the cluster error=%r", exc)
+                replies = await via_cluster(indices)
+            else:
+                replies = [None if isinstance(r, resp.ReplyError) else convert(r) for r in raw]
+                moved = [
+                    i for i, r in zip(indices, raw, strict=True) if isinstance(r, resp.ReplyError)
+                ]
+                if moved:  # MOVED/ASK during a slot migration
+                    again = dict(zip(moved, await via_cluster(moved), strict=True))
+                    replies = [again.get(i, r) for i, r in zip(indices, replies, strict=True)]
+            for i, reply in zip(indices, replies, strict=True):
+                results[i] = reply
+
+        await asyncio.gather(*(run(name) for name in groups))
+        return results
+
+    async def _prune(self, stale: list[tuple[int, str]]) -> None:
+        async with self._call("prune") as client:
+            pipe = client.pipeline(transaction=False)
+            for range_id, cluster_id in stale:
+                pipe.zrem(keys.index_key(range_id), cluster_id)
+            await pipe.execute()
+        log.info("pruned expired clusters from the index count=%d", len(stale))
+
+    async def cached_account(self, cluster_id: str, token: str) -> str | None:
+        """The account ID cached for (cluster, token) by an earlier successful authorization."""
+        async with self._call("auth_get") as client:
+            value = await client.get(keys.auth_key(cluster_id, token))
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def cache_account(self, cluster_id: str, token: str, account: str, *, ttl_s: int) -> None:
+        """Remember a positive authorization for ``ttl_s`` seconds."""
+        if ttl_s <= 0:
+            return
+        async with self._call("auth_set") as client:
+            await client.set(keys.auth_key(cluster_id, token), account, ex=ttl_s)
+
+    async def count_auth_failure(self, cluster_id: str) -> int:
+        """Count a rejected token exchange of the cluster; returns the count in this window."""
+        async with self._call("auth_fail") as client:
+            n = await client.eval(
+                COUNT_FAILURE, 1, keys.auth_failures_key(cluster_id), keys.AUTH_FAILURE_WINDOW_S
+            )
+        return int(n)
+
+    async def auth_failures(self, cluster_id: str) -> int:
+        """Rejected token exchanges of the cluster in the current window."""
+        async with self._call("auth_fail") as client:
+            value = await client.get(keys.auth_failures_key(cluster_id))
+        return 0 if value is None else int(value)
+
+
+async def _close_quietly(client: RedisCluster) -> None:
+    try:
+        await client.aclose()
+    except REDIS_ERRORS as exc:  # closing a broken client must not hide the first error
+        log.debug("closing redis client failed error=%r", exc)
+
+
+def _failed(op: str, exc: BaseException) -> StoreUnavailable:
+    log.warning("redis operation failed op=%s error=%r", op, exc)
+    return StoreUnavailable(f"redis {op} failed")
+
+
+def _primary(client: RedisCluster, slot: int) -> ClusterNode | None:
+    """The primary of a hash slot in the cluster client's slot table: what get_node_from_key
+    finds, without its per-call overhead (this runs for every upload, and for every stored
+    cluster on each scrape)."""
+    owners = client.nodes_manager.slots_cache.get(slot)
+    return owners[0] if owners else None
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, float]]:
+    """A raw ``ZRANGE ... WITHSCORES`` reply as redis-py gives it: (member, score) pairs."""
+    return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]

@@ -1,0 +1,179 @@
+"""`POST /upload`: the checks, the compiled pass and the store write of one upload.
+
+The HTTP side is `app.protocol`, which calls `upload` straight from the HTTP parser
+(no ASGI, no Starlette objects: uploads are the hot path). Errors are raised as
+`TelemeterError`; `app.errors.problem` gives their status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from app import keys, snapshot
+from app.errors import HTTPProblem
+from app.runtime import Runtime
+from app.store import StoreUnavailable
+from app.tokens import InvalidToken
+from telemeter import snappy
+from telemeter.errors import InvalidPayload, TelemeterError, TooLarge
+from telemeter.upload import PassResult, process
+
+PROTOBUF_TYPE = "application/vnd.google.protobuf"
+DELIMITED_CONTENT_TYPE = (
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+)
+MAX_SAMPLE_AGE_MS = 24 * 3600 * 1000
+UPLOAD_SLOT_WAIT_S = 1.0
+
+# Reads the body: (limit in bytes, seconds) -> the body, or raises TooLarge or HTTPProblem(408).
+BodyReader = Callable[[int, float], Awaitable[bytes]]
+
+
+def media_type(value: str) -> tuple[str, dict[str, str]]:
+    """A media type and its parameters (names lowercased)."""
+    kind, *params = (part.strip() for part in value.split(";"))
+    parsed = {}
+    for param in params:
+        key, _, val = param.partition("=")
+        parsed[key.strip().lower()] = val.strip().strip('"')
+    return kind.lower(), parsed
+
+
+@functools.lru_cache(maxsize=64)  # a refused type raises, and is not cached
+def _check_upload_type(content_type: str) -> None:
+    kind, params = media_type(content_type)
+    if (
+        kind != PROTOBUF_TYPE
+        or params.get("encoding") != "delimited"
+        or (
+            params.get("proto", "io.prometheus.client.MetricFamily")
+            != "io.prometheus.client.MetricFamily"
+        )
+    ):
+        raise HTTPProblem(
+            415,
+            f"unsupported content type {content_type[:100]!r}: expected {DELIMITED_CONTENT_TYPE}",
+        )
+
+
+def bearer(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer`` header value."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPProblem(401, "an Authorization: Bearer <token> header is required")
+    return token.strip()
+
+
+_PROBLEM_REASONS = {
+    401: "unauthorized",
+    408: "timeout",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "overloaded",
+}
+
+
+def reject_reason(exc: TelemeterError) -> str:
+    """The ``reason`` label of a refused upload (a small, fixed set of values)."""
+    if isinstance(exc, HTTPProblem):
+        return _PROBLEM_REASONS.get(exc.status, "bad_request")
+    if isinstance(exc, TooLarge):
+        return "too_large"
+    if isinstance(exc, InvalidPayload):
+        return "invalid"
+    if isinstance(exc, InvalidToken):
+        return "unauthorized"
+    if isinstance(exc, StoreUnavailable):
+        return "store_unavailable"
+    return "other"
+
+
+async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader) -> None:
+    """Check, render and store one upload; raises a `TelemeterError` when it is refused.
+
+    ``headers`` has lowercased names. Everything that can be checked from the head is checked
+    before the body is read.
+    """
+    s = rt.settings
+    try:
+        claims = rt.verifier.verify(bearer(headers.get("authorization", "")))
+    except HTTPProblem as exc:
+        raise InvalidToken(exc.reason) from exc
+    token_labels = dict(claims.labels)
+    cluster_id = token_labels.get(s.partition_label, "")
+    if not keys.valid_cluster_id(cluster_id):
+        raise InvalidToken(f"the token carries no valid {s.partition_label} label")
+    _check_upload_type(headers.get("content-type", ""))
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("snappy", "identity", ""):
+        raise HTTPProblem(415, f"unsupported content encoding {encoding[:40]!r}: expected snappy")
+    wait = rt.limited_for(cluster_id)
+    if wait > 0:
+        raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait))
+    # The body is read before taking an upload slot: a client trickling its body in holds its
+    # connection until --upload-timeout, never a slot (decision 10 bounds the decoding).
+    body = await read_body(s.limit_bytes, s.upload_timeout)
+    slots = rt.upload_slots
+    if slots.locked():  # all taken: wait a little for one (wait_for costs a task, so only here)
+        try:
+            await asyncio.wait_for(slots.acquire(), UPLOAD_SLOT_WAIT_S)
+        except TimeoutError as exc:
+            raise HTTPProblem(503, "too many uploads in progress", retry_after=1) from exc
+    else:
+        await slots.acquire()
+    try:
+        now_ms = int(time.time()) * 1000  # the Go server stamps whole seconds
+        value, counts = _render_snapshot(rt, body, encoding, token_labels, cluster_id, now_ms)
+        del body  # only the small compressed snapshot is held while Redis answers
+        wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
+    finally:
+        slots.release()
+    if wait_ms > 0:
+        rt.remember_limit(cluster_id, wait_ms / 1000)
+        raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait_ms / 1000))
+    rt.remember_limit(cluster_id, s.ratelimit)
+    m = rt.metrics
+    m.uploads.inc()
+    m.series.inc(counts.kept)
+    if counts.past:
+        m.overwritten_past.inc(counts.past)
+    if counts.future:
+        m.overwritten_future.inc(counts.future)
+
+
+def _render_snapshot(
+    rt: Runtime,
+    body: bytes,
+    encoding: str,
+    token_labels: dict[str, str],
+    cluster_id: str,
+    now_ms: int,
+) -> tuple[bytes, PassResult]:
+    """Decode, check and render an upload into its stored snapshot (CPU only, no awaits).
+
+    Kept in its own function so the decompressed and rendered intermediates (~150 KB for the
+    standard payload) are freed before the upload waits for Redis: only the ~5 KB snapshot
+    is held per upload in flight (ARCHITECTURE.md decision 10).
+    """
+    s = rt.settings
+    if encoding == "snappy":
+        data = snappy.decode_framed(body, max_size=s.uncompressed_limit)
+    elif len(body) > s.uncompressed_limit:
+        raise TooLarge(f"request body larger than {s.uncompressed_limit} bytes")
+    else:
+        data = body
+    result = process(
+        data,
+        rt.pass_config(token_labels),
+        now_ms=now_ms,
+        min_timestamp_ms=now_ms - MAX_SAMPLE_AGE_MS,
+    )
+    push_time = snapshot.push_time_lines(s.partition_label, cluster_id, now_ms)
+    families = [*result.families, (snapshot.PUSH_TIME_FAMILY, 1, push_time)]
+    value = snapshot.encode(now_ms, result.kept + 1, families)
+    result.families = []
+    return value, result

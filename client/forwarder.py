@@ -1,0 +1,391 @@
+"""One push cycle: scrape ``/federate``, exchange the token, transform, upload.
+
+The requests are those of the Go client (PROTOCOL.md sections 1-3, checked against the golden
+captures in ``testdata/wire``): same method, path, query and headers (the upload is sent with
+``Transfer-Encoding: chunked`` and no ``Content-Length``, as the Go client does), with one
+deliberate difference: ``User-Agent`` names this client. Like the Go client we send
+``Accept-Encoding: gzip`` and ``Connection: close``: one push every 4.5 minutes gains nothing
+from pooled connections, which idle out in between anyway.
+
+httpx errors are translated into :mod:`client.errors` here, and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib import metadata
+
+import httpx
+
+from client.backoff import parse_retry_after
+from client.errors import AuthorizeError, ForwardError, ScrapeError, UploadError
+from client.metrics import ClientMetrics
+from client.settings import ClientSettings, Runtime, federate_url
+from client.tokens import (
+    MAX_RESPONSE_BYTES,
+    TokenCache,
+    UploadToken,
+    parse_token_response,
+)
+from telemeter import metrics_pb2
+from telemeter.delimited import read_families, write_families
+from telemeter.errors import InvalidPayload
+from telemeter.snappy import encode_framed
+from telemeter.textparse import parse_text
+from telemeter.transforms import transform_families
+
+__all__ = [
+    "DELIMITED_CONTENT_TYPE",
+    "SCRAPE_ACCEPT",
+    "USER_AGENT",
+    "ForwardResult",
+    "Forwarder",
+    "decode_federate",
+]
+
+logger = logging.getLogger(__name__)
+
+DELIMITED_CONTENT_TYPE = (
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+)
+# Exactly Go's expfmt.FmtProtoDelim + " , " + expfmt.FmtText.
+SCRAPE_ACCEPT = DELIMITED_CONTENT_TYPE + " , text/plain; version=0.0.4; charset=utf-8"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("telemeter")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "dev"
+
+
+USER_AGENT = f"telemeter-client/{_version()}"
+# How much of an error answer is kept for the log (Go keeps 1 KiB).
+_ERROR_BODY_BYTES = 1024
+# The longest any single request may take; shorter intervals shorten it further.
+_MAX_REQUEST_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """What one successful cycle did."""
+
+    families: list[metrics_pb2.MetricFamily]
+    scraped_samples: int
+    sent_samples: int
+    uploaded: bool
+
+
+class Forwarder:
+    """Scrape, transform and upload, with the current :class:`Runtime` (swapped on reload).
+
+    ``transport`` replaces the network for tests; ``wall_clock`` gives Unix seconds (sample
+    ages), ``tokens`` the upload-token cache (with its own monotonic clock).
+    """
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        runtime: Runtime,
+        *,
+        metrics: ClientMetrics,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_seconds: float | None = None,
+        tokens: TokenCache | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._runtime = runtime
+        self._metrics = metrics
+        self._transport = transport
+        self._timeout = timeout_seconds or min(settings.interval_seconds, _MAX_REQUEST_SECONDS)
+        self._tokens = tokens or TokenCache()
+        self._wall_clock = wall_clock
+        self._last: list[metrics_pb2.MetricFamily] = []
+
+    @property
+    def runtime(self) -> Runtime:
+        """The configuration the next cycle uses."""
+        return self._runtime
+
+    def reconfigure(self, runtime: Runtime) -> None:
+        """Use ``runtime`` from the next cycle on (a cycle in flight keeps its own)."""
+        self._runtime = runtime
+
+    @property
+    def last_families(self) -> list[metrics_pb2.MetricFamily]:
+        """The families of the last cycle after the transforms (what was, or would be, sent)."""
+        return self._last
+
+    async def forward(self) -> ForwardResult:
+        """Run one cycle; raise a ForwardError subclass when it fails."""
+        runtime = self._runtime
+        self._metrics.requests.inc()
+        try:
+            return await self._forward(runtime)
+        except ForwardError:
+            self._metrics.requests_failed.inc()
+            raise
+
+    async def _forward(self, runtime: Runtime) -> ForwardResult:
+        # Like Go's http.Client, the scrape follows redirects; uploads and token exchanges don't.
+        async with self._client(verify=runtime.from_verify, follow_redirects=True) as source:
+            scraped = await self.scrape(source, runtime)
+        before = sum(len(family.metric) for family in scraped)
+        if not scraped:
+            self._record([], before=0)
+            logger.warning("no metrics to send, doing nothing")
+            return ForwardResult(families=[], scraped_samples=0, sent_samples=0, uploaded=False)
+        async with self._client(verify=True, follow_redirects=False) as sink:
+            token = await self.authorize(sink, runtime)
+            result = transform_families(
+                scraped,
+                labels=self._settings.labels,
+                renames=self._settings.renames,
+                anonymize_labels=self._settings.anonymize_labels,
+                salt=runtime.salt,
+                token_labels=token.labels,
+                now_ms=round(self._wall_clock() * 1000),
+            )
+            after = before - result.dropped
+            self._record(result.families, before=before)
+            if not result.families:
+                logger.warning("no metrics to send after transforms, doing nothing")
+                return ForwardResult(
+                    families=[], scraped_samples=before, sent_samples=0, uploaded=False
+                )
+            await self.upload(sink, token, result.families)
+        logger.info(
+            "pushed families=%d samples=%d dropped=%d", len(result.families), after, before - after
+        )
+        return ForwardResult(
+            families=result.families, scraped_samples=before, sent_samples=after, uploaded=True
+        )
+
+    def _record(self, families: list[metrics_pb2.MetricFamily], *, before: int) -> None:
+        after = sum(len(family.metric) for family in families)
+        self._metrics.samples.set(before)
+        self._metrics.filtered_samples.set(before - after)
+        self._last = families
+
+    async def scrape(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ) -> list[metrics_pb2.MetricFamily]:
+        """GET ``/federate`` with the match rules; decode by Content-Type, at most limit-bytes."""
+        url = federate_url(self._settings.from_url, runtime.rules)
+        headers = {"Accept": SCRAPE_ACCEPT}
+        if runtime.from_token:
+            headers["Authorization"] = f"Bearer {runtime.from_token}"
+        limit = self._settings.limit_bytes
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with client.stream("GET", url, headers=headers) as response:
+                    self._metrics.count_http("federate_from", response.status_code)
+                    if response.status_code != 200:
+                        detail = await _read_detail(response)
+                        raise ScrapeError(
+                            f"Prometheus answered {response.status_code}: {detail}",
+                            status=response.status_code,
+                        )
+                    body = await _read_limited(response, limit)
+                    if body is None:
+                        raise ScrapeError(f"/federate answer is larger than --limit-bytes={limit}")
+                    content_type = response.headers.get("content-type", "")
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise ScrapeError(f"cannot read {_redact(url)}: {_describe(exc)}") from None
+        try:
+            return decode_federate(body, content_type, max_families=limit)
+        except InvalidPayload as exc:
+            raise ScrapeError(f"cannot decode /federate answer: {exc}") from None
+
+    async def authorize(self, client: httpx.AsyncClient, runtime: Runtime) -> UploadToken:
+        """The cached upload token, or a new one from ``POST <to-auth>`` (empty body)."""
+        cached = self._tokens.get(runtime.to_token)
+        if cached is not None:
+            return cached
+        headers = {"Authorization": f"Bearer {runtime.to_token}"}
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with client.stream(
+                    "POST", self._settings.authorize_url, headers=headers, content=b""
+                ) as response:
+                    self._metrics.count_http("federate_authorize", response.status_code)
+                    status = response.status_code
+                    body = await _read_limited(response, MAX_RESPONSE_BYTES)
+                    retry_after = response.headers.get("retry-after")
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise AuthorizeError(f"token exchange failed: {_describe(exc)}") from None
+        if status not in (200, 201):
+            reason = (
+                "the long-lived token is expired or invalid"
+                if status == 401
+                else _text((body or b"")[:_ERROR_BODY_BYTES])
+            )
+            raise AuthorizeError(
+                f"token exchange answered {status}: {reason}",
+                status=status,
+                retry_after=_retry_after(status, retry_after),
+            )
+        if body is None:
+            raise AuthorizeError(f"token exchange answer is larger than {MAX_RESPONSE_BYTES} bytes")
+        token = parse_token_response(body, now=self._tokens.now())
+        self._tokens.put(runtime.to_token, token)
+        logger.info("upload token obtained labels=%s", ",".join(sorted(token.labels)))
+        return token
+
+    async def upload(
+        self,
+        client: httpx.AsyncClient,
+        token: UploadToken,
+        families: list[metrics_pb2.MetricFamily],
+    ) -> None:
+        """POST the families, delimited protobuf in a snappy framed stream."""
+        body = encode_framed(write_families(families))
+        headers = {
+            "Authorization": f"Bearer {token.value}",
+            "Content-Type": DELIMITED_CONTENT_TYPE,
+            "Content-Encoding": "snappy",
+        }
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with client.stream(
+                    "POST", self._settings.upload_url, headers=headers, content=_chunked(body)
+                ) as response:
+                    self._metrics.count_http("federate_to", response.status_code)
+                    status = response.status_code
+                    detail = await _read_detail(response)
+                    retry_after = response.headers.get("retry-after")
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise UploadError(f"upload failed: {_describe(exc)}") from None
+        if 200 <= status < 300:
+            return
+        if status == 401:
+            # The server no longer takes this token: the next attempt exchanges a new one.
+            self._tokens.invalidate(token.value)
+        raise UploadError(
+            f"upload answered {status}: {detail}",
+            status=status,
+            retry_after=_retry_after(status, retry_after),
+            # The server refused this data: resending it cannot help (ARCHITECTURE.md, 9).
+            payload_rejected=status in (400, 413),
+        )
+
+    def _client(self, *, verify: ssl.SSLContext | bool, follow_redirects: bool) -> _ClientContext:
+        return _ClientContext(
+            self._transport, verify=verify, timeout=self._timeout, follow_redirects=follow_redirects
+        )
+
+
+class _ClientContext:
+    """An httpx client for one cycle, with our default headers; an injected transport stays open.
+
+    A fresh client per cycle picks up a reloaded CA bundle and costs nothing next to a push
+    every few minutes.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None,
+        *,
+        verify: ssl.SSLContext | bool,
+        timeout: float,
+        follow_redirects: bool,
+    ) -> None:
+        self._owned = transport is None
+        self._client = httpx.AsyncClient(
+            transport=transport, verify=verify, timeout=timeout, follow_redirects=follow_redirects
+        )
+        headers = self._client.headers
+        del headers["Accept"]  # Go sends no Accept except on the scrape
+        headers["Accept-Encoding"] = "gzip"
+        headers["Connection"] = "close"
+        headers["User-Agent"] = USER_AGENT
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        return self._client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._owned:
+            await self._client.aclose()
+
+
+def decode_federate(
+    body: bytes, content_type: str, *, max_families: int
+) -> list[metrics_pb2.MetricFamily]:
+    """Decode a ``/federate`` answer by its Content-Type: delimited protobuf, else text 0.0.4.
+
+    Raises InvalidPayload when the body does not decode (or is protobuf in another encoding).
+    """
+    media, params = _media_type(content_type)
+    if media == "application/vnd.google.protobuf":
+        if (
+            params.get("proto") != "io.prometheus.client.MetricFamily"
+            or params.get("encoding") != "delimited"
+        ):
+            raise InvalidPayload(f"unsupported protobuf answer {content_type!r}")
+        return read_families(body, max_families=max_families)
+    # Go's expfmt falls back to the text format for any other (or missing) type.
+    return parse_text(body)
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    media, *rest = value.split(";")
+    params: dict[str, str] = {}
+    for item in rest:
+        key, _, val = item.partition("=")
+        params[key.strip().lower()] = val.strip().strip('"')
+    return media.strip().lower(), params
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes | None:
+    """The decoded body, or None as soon as it grows past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_detail(response: httpx.Response) -> str:
+    """The start of an error answer, for the log (Go keeps 1 KiB)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _ERROR_BODY_BYTES:
+            break
+    return _text(b"".join(chunks)[:_ERROR_BODY_BYTES])
+
+
+def _retry_after(status: int, header: str | None) -> float | None:
+    if status not in (429, 503):
+        return None
+    return parse_retry_after(header, now=time.time())
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace").strip()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _redact(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    """The body as an async iterator, so httpx sends it chunked like the Go client."""
+    yield body

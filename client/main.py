@@ -1,0 +1,120 @@
+"""``telemeter-client``: push a Prometheus's federated series to a telemeter server.
+
+One asyncio loop runs the push loop and the local listener (uvicorn with its own signal
+handling switched off): SIGTERM and SIGINT stop the process, SIGHUP reloads the files named by
+flags. Bad flags exit with status 2 and a message, like any argparse program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+
+import httpx
+import uvicorn
+
+from client.app import create_app
+from client.errors import ConfigError
+from client.forwarder import Forwarder
+from client.metrics import ClientMetrics
+from client.settings import (
+    ClientSettings,
+    Runtime,
+    build_parser,
+    describe,
+    load_runtime,
+    settings_from_args,
+)
+from client.worker import Worker
+
+__all__ = ["main", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the client owns SIGTERM/SIGINT/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse flags, refuse inconsistent ones, then run until SIGTERM/SIGINT."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # httpx logs every request at INFO; our own cycle log says what matters.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        settings = settings_from_args(args)
+        runtime = load_runtime(settings)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(run(settings, runtime))
+
+
+async def run(
+    settings: ClientSettings,
+    runtime: Runtime,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> None:
+    """Run the push loop and the local listener until SIGTERM/SIGINT (or cancellation)."""
+    metrics = ClientMetrics()
+    worker = Worker(settings, Forwarder(settings, runtime, metrics=metrics, transport=transport))
+    logger.info("starting telemeter-client %s", describe(settings))
+    if not settings.anonymize_labels:
+        logger.warning("not anonymizing any labels")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, worker)
+    tasks = [asyncio.create_task(worker.run(), name="push-loop")]
+    server: _Server | None = None
+    if settings.listen is not None:
+        host, port = settings.listen
+        config = uvicorn.Config(
+            create_app(worker, metrics),
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+        server = _Server(config)
+        tasks.append(asyncio.create_task(server.serve(), name="listener"))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                logger.error("task ended err=%r", task.exception())
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if server is not None:
+            server.should_exit = True
+        tasks[0].cancel()
+        stopper.cancel()
+        await asyncio.gather(*tasks, stopper, return_exceptions=True)
+    logger.info("stopped")
+
+
+def _reload(worker: Worker) -> None:
+    try:
+        worker.reload()
+    except ConfigError as exc:
+        logger.error("reload failed, keeping the old configuration err=%s", exc)
+
+
+if __name__ == "__main__":
+    main()

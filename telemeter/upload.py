@@ -1,0 +1,241 @@
+"""The upload pass: validate, filter, transform and render one cluster's pushed families.
+
+`process` runs the compiled single pass (`_fastpass`, ARCHITECTURE.md decision 12) over the raw,
+decompressed, varint-delimited MetricFamily bytes. `process_reference` is the same function
+written plainly over upb messages; it is the specification, and the tests check that the two
+agree on generated inputs.
+
+What is checked (PROTOCOL.md section 3, "What the Go server checks"), in this order, per family
+and then per metric, so both implementations report the first problem the same way:
+
+- the number of families and of metrics is within ``max_series`` (413);
+- a family's name is a valid metric name of at most ``max_label_length`` bytes;
+- every label name is valid and at most ``max_label_length`` bytes, every value at most that
+  many bytes and valid UTF-8, no label name appears twice, at most ``max_labels`` labels;
+- the metric has a timestamp, not older than ``min_timestamp_ms``, and the timestamps of a
+  family do not decrease;
+- every token label (e.g. ``_id``) is present with the token's value (no spoofing);
+- the metric carries the value field of its family's type.
+
+Then: families whose name the whitelist rejects are dropped whole (decided once per family),
+other series are filtered by the whitelist on their incoming labels, elided labels are removed,
+``extra_labels`` are added (replacing a label of the same name), every timestamp is replaced by
+the server's receive time, and the sample lines are rendered in the text format of
+`telemeter.exposition`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from telemeter import metrics_pb2
+from telemeter.delimited import read_families
+from telemeter.errors import InvalidPayload, TooLarge
+from telemeter.exposition import escape_label_value, format_value
+
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+# Family decisions of the whitelist (telemeter.selectors.Decision has the same values).
+DROP, KEEP, PER_SERIES = 0, 1, 2
+
+VALUE_FIELD: dict[int, str] = {
+    metrics_pb2.COUNTER: "counter",
+    metrics_pb2.GAUGE: "gauge",
+    metrics_pb2.SUMMARY: "summary",
+    metrics_pb2.UNTYPED: "untyped",
+    metrics_pb2.HISTOGRAM: "histogram",
+    metrics_pb2.GAUGE_HISTOGRAM: "histogram",
+}
+
+
+class SeriesFilter(Protocol):
+    """What the pass needs of a whitelist (`telemeter.selectors.Whitelist` is one)."""
+
+    @property
+    def decisions(self) -> Mapping[str, int]:
+        """Decisions already made, by family name: the compiled pass looks here before calling
+        family_decision (an empty mapping is fine)."""
+
+    def family_decision(self, name: str) -> int: ...
+
+    def matches(self, name: str, labels: dict[str, str]) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PassConfig:
+    """Everything the pass needs besides the bytes; built once per cluster token."""
+
+    whitelist: SeriesFilter
+    token_labels: tuple[tuple[str, str], ...]
+    extra_labels: tuple[tuple[str, str], ...] = ()
+    elide_labels: frozenset[str] = frozenset()
+    max_series: int = 10_000
+    max_labels: int = 64
+    max_label_length: int = 255
+
+
+@dataclass(slots=True)
+class PassResult:
+    """The rendered families of one upload and what the pass counted."""
+
+    families: list[tuple[str, int, bytes]] = field(default_factory=list)
+    received: int = 0
+    kept: int = 0
+    past: int = 0
+    future: int = 0
+
+
+def process(data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int) -> PassResult:
+    """Run the compiled pass (see the module docstring); raises InvalidPayload or TooLarge."""
+    from telemeter import _fastpass
+
+    result: PassResult = _fastpass.process(data, config, now_ms, min_timestamp_ms, PassResult)
+    return result
+
+
+def _check_label_pairs(metric: metrics_pb2.Metric, config: PassConfig, family: str) -> None:
+    if len(metric.label) > config.max_labels:
+        raise TooLarge(f"a metric of family {family} has more than {config.max_labels} labels")
+    seen: set[str] = set()
+    limit = config.max_label_length
+    for pair in metric.label:
+        name: str | bytes = pair.name
+        # upb hands invalid UTF-8 of proto2 string fields through as bytes.
+        if isinstance(name, bytes) or len(name) > limit or not LABEL_NAME.fullmatch(name):
+            raise InvalidPayload(f"family {family} has an invalid label name {name[:64]!r}")
+        raw: str | bytes = pair.value
+        if isinstance(raw, bytes):
+            raise InvalidPayload(f"label {name} of family {family} is not valid UTF-8")
+        value = raw.encode()
+        if len(value) > limit:
+            raise InvalidPayload(f"label {name} of family {family} is longer than {limit} bytes")
+        if name in seen:
+            raise InvalidPayload(f"label {name} appears twice in a metric of family {family}")
+        seen.add(name)
+
+
+def _render_labels(metric: metrics_pb2.Metric, config: PassConfig) -> str:
+    extra = dict(config.extra_labels)
+    parts: list[str] = []
+    for pair in metric.label:
+        if pair.name in config.elide_labels:
+            continue
+        value = extra.pop(pair.name) if pair.name in extra else pair.value
+        if value:
+            parts.append(f'{pair.name}="{escape_label_value(value)}"')
+    parts.extend(
+        f'{k}="{escape_label_value(v)}"' for k, v in config.extra_labels if k in extra and v
+    )
+    return "{" + ",".join(parts) if parts else ""
+
+
+def _line(name: str, prefix: str, extra: str, value: str, ts: str) -> str:
+    if extra:
+        labels = prefix + "," + extra + "}" if prefix else "{" + extra + "}"
+    else:
+        labels = prefix + "}" if prefix else ""
+    return f"{name}{labels} {value}{ts}"
+
+
+def _count(integer: int, floating: float) -> str:
+    return format_value(floating) if floating > 0 else str(integer)
+
+
+def _render_metric(name: str, kind: int, metric: metrics_pb2.Metric, prefix: str, ts: str) -> str:
+    if kind in (metrics_pb2.COUNTER, metrics_pb2.GAUGE, metrics_pb2.UNTYPED):
+        value = getattr(metric, VALUE_FIELD[kind]).value
+        return _line(name, prefix, "", format_value(value), ts)
+    out: list[str] = []
+    if kind == metrics_pb2.SUMMARY:
+        s = metric.summary
+        for q in s.quantile:
+            extra = f'quantile="{format_value(q.quantile)}"'
+            out.append(_line(name, prefix, extra, format_value(q.value), ts))
+        out.append(_line(name + "_sum", prefix, "", format_value(s.sample_sum), ts))
+        out.append(_line(name + "_count", prefix, "", str(s.sample_count), ts))
+        return "".join(out)
+    h = metric.histogram
+    has_inf = False
+    for b in h.bucket:
+        has_inf = has_inf or (math.isinf(b.upper_bound) and b.upper_bound > 0)
+        extra = f'le="{format_value(b.upper_bound)}"'
+        out.append(
+            _line(
+                name + "_bucket",
+                prefix,
+                extra,
+                _count(b.cumulative_count, b.cumulative_count_float),
+                ts,
+            )
+        )
+    count = _count(h.sample_count, h.sample_count_float)
+    if not has_inf:
+        out.append(_line(name + "_bucket", prefix, 'le="+Inf"', count, ts))
+    out.append(_line(name + "_sum", prefix, "", format_value(h.sample_sum), ts))
+    out.append(_line(name + "_count", prefix, "", count, ts))
+    return "".join(out)
+
+
+def process_reference(
+    data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int
+) -> PassResult:
+    """The plain-Python specification of `process` (same result, same errors, slower)."""
+    families = read_families(data, max_families=config.max_series)
+    result = PassResult()
+    ts = f" {now_ms}\n"
+    out: dict[str, tuple[int, list[str]]] = {}
+    types: dict[str, int] = {}
+    for family in families:
+        name = family.name
+        if (
+            isinstance(name, bytes)
+            or len(name) > config.max_label_length
+            or not METRIC_NAME.fullmatch(name)
+        ):
+            raise InvalidPayload(f"invalid metric name {name[:64]!r}")
+        if not family.metric:
+            continue  # empty families are dropped, as the Go server does
+        kind = family.type
+        if types.setdefault(name, kind) != kind:
+            raise InvalidPayload(f"family {name} appears twice with different types")
+        decision = config.whitelist.family_decision(name)
+        last_ts: int | None = None
+        lines: list[str] = []
+        for metric in family.metric:
+            result.received += 1
+            if result.received > config.max_series:
+                raise TooLarge(f"more than {config.max_series} metrics in one upload")
+            _check_label_pairs(metric, config, name)
+            if not metric.HasField("timestamp_ms"):
+                raise InvalidPayload(f"a metric of family {name} has no timestamp")
+            stamp = metric.timestamp_ms
+            if stamp < min_timestamp_ms:
+                raise InvalidPayload(f"a metric of family {name} is older than the limit")
+            if last_ts is not None and stamp < last_ts:
+                raise InvalidPayload(f"metrics of family {name} are not in timestamp order")
+            last_ts = stamp
+            labels = {pair.name: pair.value for pair in metric.label}
+            for key, value in config.token_labels:
+                if labels.get(key) != value:
+                    raise InvalidPayload(f"a metric of family {name} lacks the label {key}={value}")
+            if not metric.HasField(VALUE_FIELD[kind]):
+                raise InvalidPayload(f"a metric of family {name} has no {VALUE_FIELD[kind]} value")
+            if decision == DROP or (
+                decision == PER_SERIES and not config.whitelist.matches(name, labels)
+            ):
+                continue
+            result.kept += 1
+            if stamp < now_ms:
+                result.past += 1
+            elif stamp > now_ms:
+                result.future += 1
+            lines.append(_render_metric(name, kind, metric, _render_labels(metric, config), ts))
+        if lines:
+            out.setdefault(name, (kind, []))[1].extend(lines)
+    result.families = [(n, k, "".join(lines).encode()) for n, (k, lines) in out.items()]
+    return result

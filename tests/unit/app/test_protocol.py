@@ -1,0 +1,84 @@
+"""The HTTP protocol: a closed connection's objects are freed at once, not left to the GC.
+
+A connection lives for its keep-alive (30 s), long enough for its objects to reach the oldest GC
+generation, which is collected rarely: left in reference cycles, the objects of every connection
+of a soak's first two minutes stayed in memory (RSS +17 MiB per pod at 83 uploads/s,
+`python -m bench.soak`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import pytest
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from app.main import _config, _Server
+from app.protocol import TelemeterProtocol, UploadCycle
+from app.runtime import Runtime
+from app.settings import parse_settings
+from dev.ports import free_port
+
+CONNECTIONS = 20
+KINDS = (RequestResponseCycle, UploadCycle, TelemeterProtocol)
+
+
+async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _alive() -> int:
+    return sum(isinstance(o, KINDS) for o in gc.get_objects())
+
+
+async def _serve_and_close_connections(request: bytes, answer: bytes) -> tuple[int, int]:
+    """The objects of the connections' kinds alive beyond those alive before, while the
+    connections are open and once they are closed."""
+    before = _alive()
+    port = free_port()
+    # A runtime that is never entered: it holds no connection, and a refused upload needs none.
+    rt = Runtime(parse_settings(["--redis-url", f"redis://127.0.0.1:{free_port()}"]))
+    server = _Server(_config(_ok, f"127.0.0.1:{port}", None, None, head_timeout_s=5, uploads=rt))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+            await asyncio.sleep(0.01)
+        writers = []
+        for _ in range(CONNECTIONS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await reader.readuntil(answer)
+            writers.append(writer)
+        open_ = _alive() - before
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (closed := _alive() - before) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # until the server has seen every close
+        return open_, closed
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@pytest.mark.parametrize(
+    "request_,answer",
+    [
+        (b"GET / HTTP/1.1\r\nhost: test\r\n\r\n", b"ok"),  # the ASGI app
+        (b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n", b"401"),  # uploads
+    ],
+)
+def test_closed_connections_leave_no_reference_cycles(request_: bytes, answer: bytes) -> None:
+    gc.collect()
+    gc.disable()  # what is still alive now is held by a reference cycle or a leak
+    try:
+        open_, closed = asyncio.run(_serve_and_close_connections(request_, answer))
+    finally:
+        gc.enable()
+    assert open_ >= CONNECTIONS  # the connections' objects are seen (the check can fail)
+    assert closed == 0
