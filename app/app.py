@@ -3,7 +3,7 @@
 External (untrusted, behind the load balancer): ``/authorize``, health; ``POST /upload`` is
 answered by the HTTP protocol itself (`app.protocol`) and never reaches this app.
 Internal (the central Prometheus only): ``/federate``, ``/metrics``, health. Internal endpoints
-are not routed on the external app at all (PROTOCOL.md section 5).
+are not routed on the external app at all (docs/protocol.md section 5).
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ async def _stream(parts: Iterator[bytes | memoryview]) -> AsyncIterator[bytes | 
 
 async def _merged(rt: Runtime) -> snapshot.Merged:
     now_ms = int(time.time() * 1000)
-    # Only the ranges this pod holds a live lease for (ARCHITECTURE.md decision 5, I1).
+    # Only the ranges this pod holds a live lease for (docs/architecture.md D5, I1).
     values = await rt.store.load_snapshots(sorted(rt.ring.owned_ranges()), now_ms=now_ms)
     # Never serve older than --ttl, whatever the key's own TTL says.
     merged = snapshot.merge(values, oldest_ms=now_ms - int(rt.settings.ttl * 1000))

@@ -1,6 +1,6 @@
 """Which ring member serves which slot range: a pure, deterministic, sticky rebalance.
 
-ARCHITECTURE.md decision 5 asks for an assignment of the ``RANGES`` ranges to the live members
+docs/architecture.md D5 asks for an assignment of the ``RANGES`` ranges to the live members
 that is balanced and moves few ranges when membership changes (invariant I3). Plain rendezvous
 (HRW) hashing is not balanced enough at 256 ranges over 16 members (binomial spread, about
 +-25 % at one standard deviation), and HRW with bounded loads, computed afresh from the member

@@ -1,6 +1,6 @@
 """The client of the upstream authorization service ("tollbooth") behind ``POST /authorize``.
 
-It turns a cluster's long-lived token into an account id (the JWT ``sub``). PROTOCOL.md
+It turns a cluster's long-lived token into an account id (the JWT ``sub``). docs/protocol.md
 section 2 fixes the exchange and how its answers map to ours:
 
     200/201, JSON, non-empty account_id  -> the account id
@@ -41,7 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# PROTOCOL.md: a 429 from upstream becomes our 429 with "Retry-After: 300".
+# docs/protocol.md: a 429 from upstream becomes our 429 with "Retry-After: 300".
 TOO_MANY_REQUESTS_RETRY_AFTER_SECONDS: Final = 300
 # The upstream answer is a small JSON object; cap what we keep in a log line.
 _MAX_LOGGED_DETAIL_CHARS: Final = 256

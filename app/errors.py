@@ -10,7 +10,7 @@
     └── HTTPProblem ............... its own status (400/401/408/415/429/503 of the routes)
 
 Answers are plain text with the reason, as the Go server's ``http.Error`` writes them. Nothing is
-ever answered 200 unless the snapshot was stored (ARCHITECTURE.md decision 9).
+ever answered 200 unless the snapshot was stored (docs/architecture.md, D9).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every Redis key name, hash tag and TTL default of the server, built in one place.
 
 All keys of cluster ``X`` carry the hash tag ``{X}`` so they live in one slot and can be
-written by one Lua script (ARCHITECTURE.md decision 2). The cluster index is sharded into
+written by one Lua script (docs/architecture.md, D2). The cluster index is sharded into
 ``RANGES`` keys, one per range of ``SLOTS_PER_RANGE`` hash slots, so that a pod serving some
 ranges reads only their index keys (the ring, decision 5, hands out the same ranges).
 """
@@ -23,7 +23,7 @@ PREFIX = "telemeter"
 # Cluster IDs become hash tags and label values: a safe character set keeps `{`/`}` out.
 CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
-# The ring's state lives under one hash tag (ARCHITECTURE.md decision 5).
+# The ring's state lives under one hash tag (docs/architecture.md, D5).
 DEFAULT_RING_NAMESPACE = "telemeter-ring"
 RING_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 

@@ -1,4 +1,4 @@
-"""`telemeter-server`: one process, one event loop, two listeners (ARCHITECTURE.md decision 10)."""
+"""`telemeter-server`: one process, one event loop, two listeners (docs/architecture.md, D10)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The server's self-metrics, in one registry per process (ARCHITECTURE.md decision 10).
+"""The server's self-metrics, in one registry per process (docs/architecture.md, D10).
 
-Names follow the Go telemeter-server where the meaning is the same (PROTOCOL.md section 5).
+Names follow the Go telemeter-server where the meaning is the same (docs/protocol.md section 5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The lease-based ring kept in Redis: which pod serves which slot ranges (ARCHITECTURE.md 5).
+"""The lease-based ring kept in Redis: which pod serves which slot ranges (docs/architecture.md 5).
 
 All ring state lives under one hash tag (``{telemeter-ring}`` by default) and is changed only by
 the Lua scripts below, which take every time from the Redis server's ``TIME``:
@@ -10,7 +10,7 @@ the Lua scripts below, which take every time from the Redis server's ``TIME``:
   replaced by compare-and-set (:func:`app.assignment.rebalance` keeps it sticky);
 * ``meta``     hash  ``replid`` (the primary's replication ID) and ``grace_until`` (ms).
 
-Invariants (ARCHITECTURE.md I1-I5) and how they are kept:
+Invariants (docs/architecture.md I1-I5) and how they are kept:
 
 * I1: a range lease is acquired only when free or expired; a pod serves a range only until a
   *local monotonic* deadline computed conservatively from the Redis answer

@@ -2,7 +2,7 @@
 
 Precedence: a command-line flag, then the environment variable ``TELEMETER_<NAME>`` (for example
 ``TELEMETER_REDIS_URL``; lists as JSON), then the default. The result is one validated, frozen
-object built at start-up and passed in (STYLE.md practice 4).
+object built at start-up and passed in (docs/architecture.md, "Conventions").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The stored form of a cluster's snapshot, and merging snapshots into one `/federate` answer.
 
-A snapshot is rendered once, at upload, and served many times (ARCHITECTURE.md decision 4). Its
+A snapshot is rendered once, at upload, and served many times (docs/architecture.md, D4). Its
 families' sample lines (with ``_id`` and the server timestamp in place) are stored behind a small
 family table, the whole compressed as *one* raw deflate stream (ISA-L level 1: ~45 us and ~4.9 KB
 for the standard payload). One stream per cluster compresses about twice as well as one
@@ -70,7 +70,7 @@ class Snapshot:
 
 
 def push_time_lines(partition_label: str, cluster_id: str, now_ms: int) -> bytes:
-    """The per-cluster last-push-time series (ARCHITECTURE.md decision 11)."""
+    """The per-cluster last-push-time series (docs/architecture.md, D11)."""
     labels = f'{partition_label}="{escape_label_value(cluster_id)}"'
     return f"{PUSH_TIME_FAMILY}{{{labels}}} {_sample(now_ms)}\n".encode()
 

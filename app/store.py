@@ -1,7 +1,7 @@
 """Redis Cluster access: snapshots, the rate limit, the cluster index and cached authorizations.
 
 This is the only module that talks to Redis. Every redis-py exception is translated here, once,
-into `StoreUnavailable`, which the server answers with 503 and ``Retry-After`` (ARCHITECTURE.md
+into `StoreUnavailable`, which the server answers with 503 and ``Retry-After`` (docs/architecture.md
 decision 9). The connection is made lazily and re-made after a failure, so a server started
 before Redis becomes ready by itself when Redis appears.
 """

@@ -1,6 +1,6 @@
 """The upload token: a JWT the server issues at ``/authorize`` and checks at ``/upload``.
 
-The layout matches the Go telemeter-server (PROTOCOL.md section 2, "The JWT"): a compact JWS
+The layout matches the Go telemeter-server (docs/protocol.md section 2, "The JWT"): a compact JWS
 whose algorithm follows the signing key (EC P-256 -> ES256, P-384 -> ES384, P-521 -> ES512,
 RSA -> RS256), header ``{"alg": .., "kid": ""}``, issuer ``telemeter.selfsigned``, the account id
 as ``sub`` and the cluster's labels in the private claim ``telemeter.openshift.io``.
@@ -8,7 +8,7 @@ as ``sub`` and the cluster's labels in the private claim ``telemeter.openshift.i
 Verification accepts only the algorithms of the configured keys, so ``alg: none`` and an HMAC
 made with the public key as its secret are refused before any signature check. Verified tokens
 are kept in a bounded LRU so the upload hot path skips the ES256 verification (about 0.15 ms,
-ARCHITECTURE.md); a cached token still fails once it expires.
+docs/architecture.md); a cached token still fails once it expires.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def _render_snapshot(
 
     Kept in its own function so the decompressed and rendered intermediates (~150 KB for the
     standard payload) are freed before the upload waits for Redis: only the ~5 KB snapshot
-    is held per upload in flight (ARCHITECTURE.md decision 10).
+    is held per upload in flight (docs/architecture.md, D10).
     """
     s = rt.settings
     if encoding == "snappy":

@@ -1,6 +1,6 @@
 """One push cycle: scrape ``/federate``, exchange the token, transform, upload.
 
-The requests are those of the Go client (PROTOCOL.md sections 1-3, checked against the golden
+The requests are those of the Go client (docs/protocol.md sections 1-3, checked against the golden
 captures in ``testdata/wire``): same method, path, query and headers (the upload is sent with
 ``Transfer-Encoding: chunked`` and no ``Content-Length``, as the Go client does), with one
 deliberate difference: ``User-Agent`` names this client. Like the Go client we send
@@ -271,7 +271,7 @@ class Forwarder:
             f"upload answered {status}: {detail}",
             status=status,
             retry_after=_retry_after(status, retry_after),
-            # The server refused this data: resending it cannot help (ARCHITECTURE.md, 9).
+            # The server refused this data: resending it cannot help (docs/architecture.md, 9).
             payload_rejected=status in (400, 413),
         )
 

@@ -1,4 +1,4 @@
-"""The upload token: the ``/authorize`` answer, parsed and cached (PROTOCOL.md section 2).
+"""The upload token: the ``/authorize`` answer, parsed and cached (docs/protocol.md section 2).
 
 The server answers ``{"version":1,"token":"<JWT>","expiresInSeconds":86400,"labels":{...}}``.
 The token is reused until 15 s before it expires and dropped on any 401 from ``/upload``; its

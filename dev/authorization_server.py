@@ -2,7 +2,7 @@
 
     telemeter-authorization-server <listen-addr> <tokens.json>
 
-It behaves like the Go ``authorization-server`` (PROTOCOL.md section 2): the tokens file is
+It behaves like the Go ``authorization-server`` (docs/protocol.md section 2): the tokens file is
 ``[{"token": "a"}, ...]``; on any path it answers non-POST 405, a Content-Type other than exactly
 ``application/json`` 400, an unparsable body 400, an empty ``cluster_id`` 400, an unknown token
 401, the first request of a (token, cluster) pair 201 and repeats 200, with the body

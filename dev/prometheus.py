@@ -46,7 +46,7 @@ _START_ATTEMPTS = 3  # a probed free port can be taken before prometheus binds i
 def federate_scrape_config(
     targets: Sequence[str], *, job_name: str = FEDERATE_JOB
 ) -> dict[str, Any]:
-    """The central scrape job for the pods' internal ``/federate`` (ARCHITECTURE.md decision 6).
+    """The central scrape job for the pods' internal ``/federate`` (docs/architecture.md, D6).
 
     ``honor_labels`` keeps the labels the clusters pushed (``_id``, their own ``job`` and
     ``instance``). A federated series without its own ``instance`` would still get the pod's

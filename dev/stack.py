@@ -1,7 +1,7 @@
 """The local stack: start real telemeter processes on free loopback ports.
 
 One implementation serves `make demo` (`telemeter-stack`, :func:`main`), the integration tests
-and the end-to-end tests (ARCHITECTURE.md "Components": the launcher is the embedded default, the
+and the end-to-end tests (docs/architecture.md, "Components": the launcher is the default, the
 demo and the test fixture). :class:`Stack` runs the whole system on one machine:
 
 * a Redis Cluster (:class:`~dev.redis_cluster.LocalRedisCluster`, or an existing one);

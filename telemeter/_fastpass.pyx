@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The compiled single pass over an upload (ARCHITECTURE.md decision 12).
+"""The compiled single pass over an upload (docs/architecture.md, D12).
 
 It decodes the varint-delimited MetricFamily protobuf straight from the bytes, validates every
 metric, applies the whitelist, elide and extra labels, replaces timestamps and renders the text

@@ -1,7 +1,7 @@
 """Varint-delimited protobuf: the body format of uploads (after snappy) and of /federate.
 
 Each message is preceded by its length as a base-128 varint, as written by Go's
-``pbutil.WriteDelimited`` (PROTOCOL.md section 3). The messages are
+``pbutil.WriteDelimited`` (docs/protocol.md section 3). The messages are
 ``io.prometheus.client.MetricFamily``; protobuf's own errors are translated here, once, into
 :class:`~telemeter.errors.InvalidPayload`.
 """
@@ -26,7 +26,7 @@ def check_upb() -> None:
     """Raise RuntimeError unless protobuf runs on its fast upb backend.
 
     The pure-Python backend is tens of times slower and would break the performance budget
-    (ARCHITECTURE.md); the server calls this at start-up rather than degrade silently.
+    (docs/architecture.md); the server calls this at start-up rather than degrade silently.
     """
     backend = api_implementation.Type()
     if backend != "upb":

@@ -4,7 +4,7 @@ The rendering rules here are the reference for the compiled pass (`_fastpass.pyx
 produce the same bytes; `tests/unit/core/test_fastpass.py` checks the two against each other.
 
 Stored blocks hold sample lines only; the `# TYPE` line is written once per family when blocks
-of several clusters are merged (ARCHITECTURE.md decision 4). No `# HELP` lines are kept: the Go
+of several clusters are merged (docs/architecture.md, D4). No `# HELP` lines are kept: the Go
 server does not serve them either, and they would cost memory per cluster.
 """
 
@@ -94,7 +94,7 @@ def _count(integer: int, floating: float) -> str:
 def render_samples(family: metrics_pb2.MetricFamily) -> str:
     """Render the sample lines of one family (no ``# TYPE`` line), with each metric's timestamp.
 
-    Empty label values mean "no label" and are omitted (PROTOCOL.md section 4).
+    Empty label values mean "no label" and are omitted (docs/protocol.md section 4).
     """
     out: list[str] = []
     name = family.name

@@ -1,6 +1,6 @@
 """Snappy codecs: the framed (stream) format of uploads and the block format of remote write.
 
-PROTOCOL.md section 3: an upload body is a snappy *framed* stream (it starts with the stream
+docs/protocol.md section 3: an upload body is a snappy *framed* stream (it starts with the stream
 identifier ``ff 06 00 00 73 4e 61 50 70 59``); Prometheus remote write uses the snappy *block*
 format. The two are not interchangeable.
 

@@ -1,6 +1,6 @@
 """Parse the text exposition format 0.0.4 into MetricFamily messages.
 
-This is what a Prometheus ``/federate`` answers when it answers text (PROTOCOL.md section 1).
+This is what a Prometheus ``/federate`` answers when it answers text (docs/protocol.md section 1).
 Line parsing (labels, escapes, values) is prometheus_client's; this module turns its families
 back into the protobuf data model: ms timestamps, ``_bucket``/``_sum``/``_count`` and quantile
 samples regrouped into Summary and Histogram messages, label order kept as written.

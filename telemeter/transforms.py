@@ -1,4 +1,4 @@
-"""The client's transforms of scraped families before upload (PROTOCOL.md section 3).
+"""The client's transforms of scraped families before upload (docs/protocol.md section 3).
 
 Order, as in the Go telemeter-client: ``--label`` pairs -> ``--rename`` of families -> drop invalid
 samples -> drop empty families -> sort each family by timestamp -> anonymize label values ->

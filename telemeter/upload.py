@@ -1,11 +1,11 @@
 """The upload pass: validate, filter, transform and render one cluster's pushed families.
 
-`process` runs the compiled single pass (`_fastpass`, ARCHITECTURE.md decision 12) over the raw,
+`process` runs the compiled single pass (`_fastpass`, docs/architecture.md D12) over the raw,
 decompressed, varint-delimited MetricFamily bytes. `process_reference` is the same function
 written plainly over upb messages; it is the specification, and the tests check that the two
 agree on generated inputs.
 
-What is checked (PROTOCOL.md section 3, "What the Go server checks"), in this order, per family
+What is checked (docs/protocol.md section 3, "What the Go server checks"), in this order, per family
 and then per metric, so both implementations report the first problem the same way:
 
 - the number of families and of metrics is within ``max_series`` (413);

@@ -1,4 +1,4 @@
-"""The authorization stand-in as a real process: the answers PROTOCOL.md section 2 lists."""
+"""The authorization stand-in as a real process: the answers docs/protocol.md section 2 lists."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Redis Cluster stopped and started again from its AOF, Redis absent when a server
 The Redis tests destroy nodes, so each starts its OWN `LocalRedisCluster` (short node timeout) in
 a tmp dir and stops it in a ``finally``; only the server-kill test uses the shared cluster.
 Servers run with ``--ratelimit 0s`` (every push is stored) and short ring times, so a dead pod's
-ranges move within a couple of seconds (ARCHITECTURE.md I5) and the tests run in seconds.
+ranges move within a couple of seconds (docs/architecture.md I5) and the tests run in seconds.
 
 What each upload carries: one gauge ``fault_seq`` whose value is the client's push number, so a
 ``/federate`` or a stored snapshot tells exactly which acknowledged push it holds (I6).

@@ -1,4 +1,4 @@
-"""The ring with real server processes (ARCHITECTURE.md I1-I5): who serves which slots.
+"""The ring with real server processes (docs/architecture.md I1-I5): who serves which slots.
 
 Three (then four) `telemeter-server` processes share one ring on the session's Redis Cluster, with
 short timings (heartbeat 0.3 s, lease 2 s). Each pod's `/debug/ring` says which ranges it serves;

@@ -1,4 +1,4 @@
-"""The server against real processes: the recorded Go upload, PROTOCOL.md's status table, keys.
+"""The server against real processes: the recorded Go upload, docs/protocol.md's status table, keys.
 
 Every test runs real `telemeter-server` processes on the session's real Redis Cluster.
 """
@@ -165,7 +165,7 @@ def test_protobuf_federate_when_asked(server: ServerHandle) -> None:
     assert len(ours) == 233
 
 
-# ---- PROTOCOL.md's status table: each row, and the stored snapshot stays untouched -----------
+# ---- docs/protocol.md's status table: each row, and the stored snapshot stays untouched ----
 
 
 def family(name: str, metrics: list[metrics_pb2.Metric]) -> metrics_pb2.MetricFamily:

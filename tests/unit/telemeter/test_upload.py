@@ -1,4 +1,4 @@
-"""The compiled upload pass against its plain-Python specification (ARCHITECTURE.md decision 12)."""
+"""The compiled upload pass against its plain-Python specification (docs/architecture.md, D12)."""
 
 from __future__ import annotations
 
