@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,12 @@ def series_of(text: str, cluster_id: str, label: str = "_id") -> list[str]:
     """The sample lines of ``cluster_id`` in a federate text."""
     needle = f'{label}="{cluster_id}"'
     return [line for line in text.splitlines() if not line.startswith("#") and needle in line]
+
+
+def console_scripts() -> dict[str, str]:
+    """The console scripts the installed project declares (setup.py): name -> module:function."""
+    return {
+        ep.name: ep.value
+        for ep in importlib.metadata.entry_points(group="console_scripts")
+        if ep.dist is not None and ep.dist.name == "telemeter"
+    }

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from dev.prometheus import FEDERATE_JOB, SERVER_JOB, federate_scrape_config
 from telemeter.addresses import parse_listen_address, parse_redis_url
 from telemeter.durations import parse_duration
 from telemeter.textparse import parse_text
+from tests.support import console_scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
@@ -91,7 +91,7 @@ def compose() -> dict[str, Any]:
 
 
 def _scripts() -> set[str]:
-    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+    return set(console_scripts())
 
 
 def _services(compose: dict[str, Any], script: str) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ import pytest
 from app.settings import ServerSettings
 from client.settings import DEFAULT_LISTEN
 from telemeter.addresses import parse_listen_address
+from tests.support import console_scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -90,9 +91,15 @@ def test_every_ignored_hadolint_rule_is_explained() -> None:
 
 
 def test_the_image_runs_every_script_as_a_non_root_user_and_stops_on_sigterm() -> None:
-    scripts = _project()["scripts"]
-    assert isinstance(scripts, dict)
+    scripts = console_scripts()
     assert set(SCRIPTS) | {AUTH_SCRIPT} <= set(scripts)  # all in the one wheel the image installs
+    # The image's build context holds each shipped script's module, and not the rest of dev/.
+    copied = " ".join(args for keyword, args in _stages()[0] if keyword == "COPY")
+    for name in (*SCRIPTS, AUTH_SCRIPT):
+        module = scripts[name].split(":")[0]
+        package, _, rest = module.partition(".")
+        assert package in ("app", "client") or f"{package}/{rest}.py" in copied, (name, copied)
+    assert "dev/stack.py" not in copied and "COPY dev " not in copied
     build, final = _stages()[0], _stages()[-1]
     assert len(_stages()) >= 2 and build[0][1].endswith(" AS build")
     final_map = dict(final)
