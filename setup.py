@@ -38,7 +38,12 @@ setup(
                 ["telemeter/_fastpass.pyx"],
                 extra_compile_args=["-O3"],
                 libraries=["deflate"],  # libdeflate (Debian: libdeflate-dev)
-            )
+            ),
+            Extension(
+                "telemeter._remotewrite",
+                ["telemeter/_remotewrite.pyx"],
+                extra_compile_args=["-O3"],
+            ),
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     ),
