@@ -1,4 +1,4 @@
-"""Builds the compiled passes (docs/architecture.md, "The compiled pass") and declares the console
+"""Builds the compiled passes (docs/architecture.md, D12) and declares the console
 scripts; the rest is in pyproject.toml.
 
 The dev harness (dev/: the local Redis Cluster, the stack behind `make demo`, the authorization

@@ -3,7 +3,7 @@
 All keys of cluster ``X`` carry the hash tag ``{X}`` so they live in one slot and can be
 written by one Lua script (docs/architecture.md, D2). The cluster index is sharded into
 ``RANGES`` keys, one per range of ``SLOTS_PER_RANGE`` hash slots, so that a pod serving some
-ranges reads only their index keys (the ring, decision 5, hands out the same ranges).
+ranges reads only their index keys (the ring, D5, hands out the same ranges).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The lease-based ring kept in Redis: which pod serves which slot ranges (docs/architecture.md 5).
+"""The lease-based ring kept in Redis: which pod serves which slot ranges (docs/architecture.md D5).
 
 All ring state lives under one hash tag (``{telemeter-ring}`` by default) and is changed only by
 the Lua scripts below, which take every time from the Redis server's ``TIME``:

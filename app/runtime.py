@@ -3,7 +3,7 @@
 `Runtime` is an async context manager: it opens the Redis client, the upstream authorizer's HTTP
 client and the ring, and closes them in reverse order. The two FastAPI apps (external and
 internal listener, `app.app`) share one Runtime in one event loop (docs/architecture.md
-decision 10).
+D10).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 This is the only module that talks to Redis. Every redis-py exception is translated here, once,
 into `StoreUnavailable`, which the server answers with 503 and ``Retry-After`` (docs/architecture.md
-decision 9). The connection is made lazily and re-made after a failure, so a server started
+D9). The connection is made lazily and re-made after a failure, so a server started
 before Redis becomes ready by itself when Redis appears.
 """
 
@@ -28,8 +28,9 @@ from telemeter.errors import TelemeterError
 log = logging.getLogger(__name__)
 
 # One script per upload: the rate limit is checked and consumed, and the snapshot replaced,
-# atomically in the cluster's slot (decisions 2, 3 and 8). Returns 0, or the milliseconds to
-# wait when the cluster uploaded less than --ratelimit ago (nothing is written then).
+# atomically in the cluster's slot (docs/architecture.md D2, D3, D8). Returns 0, or the
+# milliseconds to wait when the cluster uploaded less than --ratelimit ago (nothing is written
+# then).
 SAVE_SNAPSHOT = """
 local wait = redis.call('PTTL', KEYS[2])
 if wait > 0 then return wait end

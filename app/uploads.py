@@ -115,7 +115,7 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
     if wait > 0:
         raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait))
     # The body is read before taking an upload slot: a client trickling its body in holds its
-    # connection until --upload-timeout, never a slot (decision 10 bounds the decoding).
+    # connection until --upload-timeout, never a slot (D10 bounds the decoding).
     body = await read_body(s.limit_bytes, s.upload_timeout)
     slots = rt.upload_slots
     if slots.locked():  # all taken: wait a little for one (wait_for costs a task, so only here)

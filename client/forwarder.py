@@ -1,7 +1,7 @@
 """One push cycle: scrape ``/federate``, exchange the token, transform, upload.
 
-The requests are those of the Go client (docs/protocol.md sections 1-3, checked against the golden
-captures in ``testdata/wire``): same method, path, query and headers (the upload is sent with
+The requests are those of the Go client (docs/protocol.md sections 1-3, checked against traffic
+recorded from the Go client): same method, path, query and headers (the upload is sent with
 ``Transfer-Encoding: chunked`` and no ``Content-Length``, as the Go client does), with one
 deliberate difference: ``User-Agent`` names this client. Like the Go client we send
 ``Accept-Encoding: gzip`` and ``Connection: close``: one push every 4.5 minutes gains nothing
@@ -271,7 +271,7 @@ class Forwarder:
             f"upload answered {status}: {detail}",
             status=status,
             retry_after=_retry_after(status, retry_after),
-            # The server refused this data: resending it cannot help (docs/architecture.md, 9).
+            # The server refused this data: resending it cannot help (docs/architecture.md, D9).
             payload_rejected=status in (400, 413),
         )
 

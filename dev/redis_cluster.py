@@ -410,7 +410,7 @@ class LocalRedisCluster:
             # While one primary is down, the slots of the others keep answering (the default
             # `yes` makes every node refuse every command until the failover completes).
             "cluster-require-full-coverage no",
-            # Durability comes from AOF (docs/architecture.md point 7), not RDB snapshots.
+            # Durability comes from AOF (docs/architecture.md D7), not RDB snapshots.
             "appendonly yes",
             f"appendfsync {self.appendfsync}",
             'save ""',
