@@ -91,6 +91,14 @@ def index_key(range_id: int) -> str:
     return f"{PREFIX}:index:{{{_index_tag(range_id)}}}"
 
 
+def forward_key(range_id: int) -> str:
+    """The stream of uploads queued for remote write from one range (docs/architecture.md, D13).
+
+    It shares the index key's hash tag, so it lives in a slot of the range it queues for.
+    """
+    return f"{PREFIX}:forward:{{{_index_tag(range_id)}}}"
+
+
 @dataclass(frozen=True)
 class RingKeys:
     """The ring's key names; all share the hash tag ``{namespace}``, so one script sees them."""

@@ -95,6 +95,7 @@ async def serve(settings: ServerSettings) -> None:
             # I4: stop serving and release the ring's leases first, so the other pods take
             # the ranges over within two heartbeats, then close the listeners.
             log.info("shutting down signal=%s", signal.Signals(signum).name)
+            await rt.stop_forwarding()
             await rt.ring.stop()
             for server in servers:
                 server.should_exit = True

@@ -16,6 +16,7 @@ from types import TracebackType
 import httpx
 
 from app.authorizer import Authorizer, HttpAuthorizer, StubAuthorizer
+from app.forward import Forwarder, ForwardMetrics
 from app.metrics import ServerMetrics
 from app.ring import Ring
 from app.settings import ServerSettings
@@ -76,6 +77,16 @@ class Runtime:
             lease_s=settings.ring_lease,
             namespace=settings.ring_namespace,
         )
+        self.forwarder = (
+            Forwarder(
+                settings,
+                self.store,
+                self.ring.owned_ranges,
+                ForwardMetrics(self.metrics.registry),
+            )
+            if settings.forward_url
+            else None
+        )
         self._http: httpx.AsyncClient | None = None
         self.authorizer: Authorizer = StubAuthorizer()
         self._ready_at = 0.0
@@ -98,6 +109,8 @@ class Runtime:
         else:
             log.warning("no --authorize URL given: accepting any token (stub mode)")
         await self.ring.start()
+        if self.forwarder is not None:
+            await self.forwarder.start()
         return self
 
     async def __aexit__(
@@ -106,10 +119,17 @@ class Runtime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.stop_forwarding()
         await self.ring.stop()  # idempotent: normally done already, before the listeners close
         await self.store.close()
         if self._http is not None:
             await self._http.aclose()
+
+    async def stop_forwarding(self) -> None:
+        """Stop forwarding (idempotent); what is queued stays for the ranges' next owners."""
+        forwarder, self.forwarder = self.forwarder, None
+        if forwarder is not None:
+            await forwarder.stop()
 
     def pass_config(self, token_labels: dict[str, str]) -> PassConfig:
         """The upload pass settings for a cluster whose token carries ``token_labels``."""

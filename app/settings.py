@@ -67,6 +67,23 @@ class ServerSettings(BaseSettings):
     internal_tls_crt: Path | None = None
     internal_tls_key: Path | None = None
     forward_url: str | None = None
+    forward_max_age: float = 3600.0
+    forward_queue_limit: int = Field(default=1000, gt=0)
+    forward_batch_entries: int = Field(default=64, gt=0)
+    forward_batch_bytes: int = Field(default=4 * KIB * KIB, gt=0)
+    forward_timeout: float = 10.0
+    forward_interval: float = 1.0
+    forward_backoff_max: float = 30.0
+    forward_ca_file: Path | None = None
+    forward_client_crt: Path | None = None
+    forward_client_key: Path | None = None
+    tenant_id: str | None = None
+    tenant_header: str = Field(default="THANOS-TENANT", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379"
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = None
@@ -80,7 +97,8 @@ class ServerSettings(BaseSettings):
 
     @field_validator(
         "authorize_cache_ttl", "ratelimit", "ttl", "upload_timeout", "redis_timeout",
-        "ring_heartbeat", "ring_lease", mode="before",
+        "ring_heartbeat", "ring_lease", "forward_max_age", "forward_timeout", "forward_interval",
+        "forward_backoff_max", mode="before",
     )  # fmt: skip
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -102,10 +120,12 @@ class ServerSettings(BaseSettings):
             raise ValueError("--tls-crt and --tls-key must be given together")
         if (self.internal_tls_crt is None) != (self.internal_tls_key is None):
             raise ValueError("--internal-tls-crt and --internal-tls-key must be given together")
-        if self.forward_url:
-            raise ValueError(
-                "--forward-url is not supported by this server (see docs/operations.md)"
-            )
+        if self.forward_url and not self.forward_url.startswith(("http://", "https://")):
+            raise ValueError("--forward-url must be an http:// or https:// URL")
+        if (self.forward_client_crt is None) != (self.forward_client_key is None):
+            raise ValueError("--forward-client-crt and --forward-client-key must be given together")
+        if self.oidc_issuer and not self.client_id:
+            raise ValueError("--oidc-issuer needs --client-id (and a client secret)")
         try:
             Whitelist.from_strings(self.whitelist_rules())  # fail at start-up on a bad selector
         except InvalidSelector as exc:
@@ -124,6 +144,12 @@ class ServerSettings(BaseSettings):
     def uncompressed_limit(self) -> int:
         """The decompressed-size limit of an upload (``--limit-bytes`` unless set on its own)."""
         return self.limit_uncompressed_bytes or self.limit_bytes
+
+    def oidc_secret(self) -> str | None:
+        """The OAuth2 client secret, from ``--client-secret-file`` or ``--client-secret``."""
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text().strip()
+        return self.client_secret.get_secret_value() if self.client_secret else None
 
     def redis_secret(self) -> str | None:
         """The Redis password, from ``--redis-password-file`` or ``TELEMETER_REDIS_PASSWORD``."""
@@ -169,7 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-key", type=Path, help="key of the external listener")
     add("--internal-tls-crt", type=Path, help="certificate of the internal listener")
     add("--internal-tls-key", type=Path, help="key of the internal listener")
-    add("--forward-url", help="not supported: refused with an error")
+    add("--forward-url", help="remote-write URL every accepted upload is forwarded to")
+    add("--forward-max-age", help="forwarded entries older than this are dropped (default 1h)")
+    add("--forward-queue-limit", type=int, help="queued uploads per ring range (default 1000)")
+    add("--forward-batch-entries", type=int, help="queued uploads per request (default 64)")
+    add("--forward-batch-bytes", type=int, help="uncompressed bytes per request (default 4 MiB)")
+    add("--forward-timeout", help="timeout of one remote-write request (default 10s)")
+    add("--forward-interval", help="how often an idle queue is looked at (default 1s)")
+    add("--forward-backoff-max", help="longest wait between retries (default 30s)")
+    add("--forward-ca-file", type=Path, help="CA bundle the remote-write receiver is checked with")
+    add("--forward-client-crt", type=Path, help="client certificate for the receiver")
+    add("--forward-client-key", type=Path, help="key of --forward-client-crt")
+    add("--tenant-id", help="tenant of every forwarded request (unset: the cluster id)")
+    add("--tenant-header", help="header carrying the tenant (default THANOS-TENANT)")
+    add("--oidc-issuer", help="OIDC issuer of the receiver's OAuth2 client credentials")
+    add("--oidc-audience", help="audience asked for with the client credentials")
+    add("--client-id", help="OAuth2 client id for the receiver")
+    add("--client-secret", help="OAuth2 client secret (better: --client-secret-file)")
+    add("--client-secret-file", type=Path, help="file holding the OAuth2 client secret")
     add("--redis-url", help="Redis Cluster startup nodes, comma separated (TELEMETER_REDIS_URL)")
     add("--redis-password-file", type=Path, help="file holding the Redis password")
     add("--redis-timeout", help="Redis connect and command timeout (default 2s)")

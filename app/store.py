@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Histogram
@@ -41,6 +42,17 @@ return 0
 
 SAVE_SNAPSHOT_BYTES = SAVE_SNAPSHOT.encode()
 
+# Queues an upload for remote write in its range's stream, unless the stream holds --forward-
+# queue-limit entries already (then nil: back-pressure, D13). Fields: b the snappy-compressed
+# WriteRequest, u its uncompressed size, t the tenant, n the series, s the samples' time (ms).
+ENQUEUE = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 'u', ARGV[3], 't', ARGV[4], 'n', ARGV[5],
+  's', ARGV[6])
+"""
+
+ENQUEUE_BYTES = ENQUEUE.encode()
+
 COUNT_FAILURE = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -62,6 +74,34 @@ _UNANSWERED = object()  # a command the bare connection could not run
 
 class StoreUnavailable(TelemeterError):
     """Redis could not be reached or answered with an error: retry later (503)."""
+
+
+class QueueFull(StoreUnavailable):
+    """The range's remote-write queue is at its limit: retry later (503, back-pressure)."""
+
+
+@dataclass(frozen=True)
+class Forward:
+    """What an upload queues for remote write (see `ENQUEUE`)."""
+
+    body: bytes
+    size: int
+    tenant: str
+    series: int
+    stamp_ms: int
+
+
+@dataclass(frozen=True)
+class QueuedEntry:
+    """One entry of a range's remote-write stream."""
+
+    range_id: int
+    entry_id: bytes
+    body: bytes
+    size: int
+    tenant: str
+    series: int
+    stamp_ms: int
 
 
 class Store:
@@ -151,12 +191,25 @@ class Store:
             return False
         return True
 
-    async def save_snapshot(self, cluster_id: str, value: bytes, *, now_ms: int) -> int:
+    async def save_snapshot(
+        self,
+        cluster_id: str,
+        value: bytes,
+        *,
+        now_ms: int,
+        forward: Forward | None = None,
+        queue_limit: int = 0,
+    ) -> int:
         """Replace the cluster's snapshot unless it is rate limited; returns 0 or the ms to wait.
 
         The index entry is written first: an entry without a snapshot is harmless (skipped and
-        later pruned), a snapshot without an entry would be invisible.
+        later pruned), a snapshot without an entry would be invisible. With ``forward``, the
+        upload is queued for remote write before the snapshot is written (the two are in other
+        slots, so no script can do both): a full queue is `QueueFull` and nothing is written, and
+        an upload refused by the rate limit takes its queue entry back.
         """
+        if forward is not None:
+            return await self._save_and_queue(cluster_id, value, now_ms, forward, queue_limit)
         snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
         snap_key = snap.encode()
         snap_slot = key_slot(snap_key)
@@ -205,6 +258,111 @@ class Store:
         finally:
             self._observe("save", start)
         return int(wait)
+
+    async def _save_and_queue(
+        self, cluster_id: str, value: bytes, now_ms: int, forward: Forward, queue_limit: int
+    ) -> int:
+        snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
+        range_id = keys.range_of_slot(key_slot(snap.encode()))
+        index, stream = keys.index_key(range_id), keys.forward_key(range_id)
+        ttl, ratelimit = self.ttl_ms, self.ratelimit_ms
+        args = (
+            b"%d" % queue_limit,
+            forward.body,
+            b"%d" % forward.size,
+            forward.tenant.encode(),
+            b"%d" % forward.series,
+            b"%d" % forward.stamp_ms,
+        )
+        zadd = (b"ZADD", index.encode(), b"%d" % now_ms, cluster_id.encode())
+        enqueue = (b"EVAL", ENQUEUE_BYTES, b"1", stream.encode(), *args)
+        save = (b"EVAL", SAVE_SNAPSHOT_BYTES, b"2", snap.encode(), limit.encode(), value,
+                b"%d" % ttl, b"%d" % ratelimit)  # fmt: skip
+
+        def index_again(c: RedisCluster) -> Awaitable[Any]:
+            return c.zadd(index, {cluster_id: now_ms})
+
+        def enqueue_again(c: RedisCluster) -> Awaitable[Any]:
+            return c.eval(ENQUEUE, 1, stream, *args)
+
+        def save_again(c: RedisCluster) -> Awaitable[Any]:
+            return c.eval(SAVE_SNAPSHOT, 2, snap, limit, value, ttl, ratelimit)
+
+        client = await self._connect()
+        start = time.perf_counter()
+        try:
+            index_node = _primary(client, key_slot(index.encode()))
+            _, entry_id = await self._on_node(
+                client, index_node, [(zadd, index_again), (enqueue, enqueue_again)]
+            )
+            if entry_id is None:
+                raise QueueFull(f"the remote-write queue of range {range_id} is full")
+            snap_node = _primary(client, key_slot(snap.encode()))
+            (wait,) = await self._on_node(client, snap_node, [(save, save_again)])
+            if int(wait) > 0:
+                await client.xdel(stream, entry_id)
+        except REDIS_ERRORS as exc:
+            raise _failed("save", exc) from exc
+        finally:
+            self._observe("save", start)
+        return int(wait)
+
+    async def read_queues(self, ranges: list[int], *, count: int) -> list[list[QueuedEntry]]:
+        """The first ``count`` entries of each range's remote-write stream, oldest first."""
+        if not ranges:
+            return []
+        async with self._call("queue_read") as client:
+            replies: list[list[Any]] = await self._per_node(
+                client,
+                [keys.forward_key(r) for r in ranges],
+                command=lambda key: (b"XRANGE", key, b"-", b"+", b"COUNT", b"%d" % count),
+                convert=lambda raw: [(entry_id, _hash(flat)) for entry_id, flat in raw],
+                add=lambda pipe, key: pipe.xrange(key, count=count),
+            )
+        out = []
+        for r, reply in zip(ranges, replies, strict=True):
+            entries = []
+            for entry_id, fields in reply or ():
+                entries.append(
+                    QueuedEntry(
+                        range_id=r,
+                        entry_id=entry_id,
+                        body=fields[b"b"],
+                        size=int(fields[b"u"]),
+                        tenant=fields[b"t"].decode(),
+                        series=int(fields[b"n"]),
+                        stamp_ms=int(fields[b"s"]),
+                    )
+                )
+            out.append(entries)
+        return out
+
+    async def queue_lengths(self, ranges: list[int]) -> list[int]:
+        """The number of entries in each range's remote-write stream."""
+        if not ranges:
+            return []
+        async with self._call("queue_len") as client:
+            lengths: list[int] = await self._per_node(
+                client,
+                [keys.forward_key(r) for r in ranges],
+                command=lambda key: (b"XLEN", key),
+                convert=int,
+                add=lambda pipe, key: pipe.xlen(key),
+            )
+        return [int(n or 0) for n in lengths]
+
+    async def ack(self, entries: Iterable[QueuedEntry]) -> None:
+        """Delete sent (or dropped) entries from their streams."""
+        by_range: dict[int, list[bytes]] = {}
+        for e in entries:
+            by_range.setdefault(e.range_id, []).append(e.entry_id)
+        if not by_range:
+            return
+        async with self._call("queue_ack") as client:
+            pipe = client.pipeline(transaction=False)
+            for r, ids in by_range.items():
+                pipe.xdel(keys.forward_key(r), *ids)
+            await pipe.execute()
 
     async def _on_node(
         self,
@@ -424,6 +582,13 @@ def _primary(client: RedisCluster, slot: int) -> ClusterNode | None:
     cluster on each scrape)."""
     owners = client.nodes_manager.slots_cache.get(slot)
     return owners[0] if owners else None
+
+
+def _hash(flat: list[bytes] | dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """A raw field-value list (or redis-py's dict of it) as a dict."""
+    if isinstance(flat, dict):
+        return flat
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
 def _pairs(flat: list[bytes]) -> list[tuple[bytes, float]]:

@@ -13,12 +13,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+import cramjam
+
 from app import keys, snapshot
 from app.errors import HTTPProblem
 from app.runtime import Runtime
-from app.store import StoreUnavailable
+from app.store import Forward, QueueFull, StoreUnavailable
 from app.tokens import InvalidToken
-from telemeter import snappy
+from telemeter import remotewrite, snappy
 from telemeter.errors import InvalidPayload, TelemeterError, TooLarge
 from telemeter.upload import PassResult, process
 
@@ -127,9 +129,25 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
         await slots.acquire()
     try:
         now_ms = int(time.time()) * 1000  # the Go server stamps whole seconds
-        value, counts = _render_snapshot(rt, body, encoding, token_labels, cluster_id, now_ms)
+        value, counts, forward = _render_snapshot(
+            rt, body, encoding, token_labels, cluster_id, now_ms
+        )
         del body  # only the small compressed snapshot is held while Redis answers
-        wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
+        if forward is None:
+            wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
+        else:
+            try:
+                wait_ms = await rt.store.save_snapshot(
+                    cluster_id,
+                    value,
+                    now_ms=now_ms,
+                    forward=forward,
+                    queue_limit=s.forward_queue_limit,
+                )
+            except QueueFull:
+                if rt.forwarder is not None:
+                    rt.forwarder.metrics.queue_full.inc()
+                raise
     finally:
         slots.release()
     if wait_ms > 0:
@@ -152,8 +170,10 @@ def _render_snapshot(
     token_labels: dict[str, str],
     cluster_id: str,
     now_ms: int,
-) -> tuple[bytes, PassResult]:
-    """Decode, check and render an upload into its stored snapshot (CPU only, no awaits).
+) -> tuple[bytes, PassResult, Forward | None]:
+    """Decode, check and render an upload into its stored snapshot (CPU only, no awaits), and
+    with ``--forward-url`` into its Remote-Write request, built once here so that every retry
+    sends the same bytes.
 
     Kept in its own function so the decompressed and rendered intermediates (~150 KB for the
     standard payload) are freed before the upload waits for Redis: only the ~5 KB snapshot
@@ -175,5 +195,15 @@ def _render_snapshot(
     push_time = snapshot.push_time_lines(s.partition_label, cluster_id, now_ms)
     families = [*result.families, (snapshot.PUSH_TIME_FAMILY, 1, push_time)]
     value = snapshot.encode(now_ms, result.kept + 1, families)
+    forward = None
+    if s.forward_url:
+        request, series = remotewrite.encode(families)
+        forward = Forward(
+            body=bytes(cramjam.snappy.compress_raw(request)),
+            size=len(request),
+            tenant=cluster_id,
+            series=series,
+            stamp_ms=now_ms,
+        )
     result.families = []
-    return value, result
+    return value, result, forward

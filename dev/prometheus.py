@@ -240,3 +240,34 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"no result for {promql!r} after {timeout}s")
         time.sleep(0.2)
+
+
+def start_receiver(
+    *, workdir: Path, address: str | None = None, binary: str | None = None
+) -> PrometheusHandle:
+    """A Prometheus that only receives remote write (``/api/v1/write``), the stand-in for
+    Thanos Receive or Mimir. Given ``address``, it listens there (a restart after an outage
+    comes back at the same URL)."""
+    binary = binary or find_prometheus()
+    if binary is None:
+        raise FileNotFoundError("prometheus not found: run scripts/bootstrap.sh as root")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "receiver.yml"
+    config_file.write_text(json.dumps({"global": {"scrape_interval": "15s"}}))
+    address = address or f"127.0.0.1:{free_port()}"
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address={address}",
+        "--storage.tsdb.retention.time=1d",
+        "--web.enable-remote-write-receiver",
+    ]
+    process = ManagedProcess("receiver", argv, log_path=workdir / "receiver.log").start()
+    url = f"http://{address}"
+    try:
+        process.wait_http(url + "/-/ready", timeout=30)
+    except BaseException:
+        process.stop()
+        raise
+    return PrometheusHandle(process, url)

@@ -1,0 +1,349 @@
+"""Remote write: forward every queued upload of the ranges this pod leases, at least once.
+
+An accepted upload is queued, before its 200, as a ready-made Remote-Write request in the Redis
+Stream of its ring range (`app.store.Store.save_snapshot`). Here the pod that holds a range's
+lease sends that stream's entries to ``--forward-url`` in order, oldest first, and deletes an
+entry only once the receiver answered 2xx for it, or dropped it for good (docs/architecture.md,
+D13; docs/operations.md, "Remote write"):
+
+- a batch is several entries' requests concatenated (``timeseries`` is a repeated field), of one
+  tenant, up to ``--forward-batch-entries`` and ``--forward-batch-bytes``; a single entry is sent
+  as it was stored, so a retry sends the same bytes;
+- 5xx, 429, timeouts and connection errors are retried after a capped, full-jitter exponential
+  backoff, or after ``Retry-After`` when the receiver gives one; nothing later is sent meanwhile,
+  so a range's entries arrive in order;
+- another 4xx refuses the data itself: a batch is then sent entry by entry, so one bad entry
+  loses nothing else, and each entry still refused is dropped and counted;
+- entries older than ``--forward-max-age`` are dropped and counted (receivers refuse such samples).
+
+No consumer group is needed: only the lease holder reads a stream, and entries stay in it until
+they are deleted, so a new owner (after a hand-over or a crash) starts again at the stream's head,
+which holds exactly what the old owner had not finished. At worst the batch in flight at a crash
+is sent twice, byte for byte the same, which receivers take as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cramjam
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.settings import ServerSettings
+from app.store import QueuedEntry, Store, StoreUnavailable
+from telemeter import remotewrite
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "telemeter-server/0.1.0"
+BACKOFF_BASE_S = 0.25
+RETRY_AFTER_MAX_S = 300.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the receiver answered one request."""
+
+    sent: bool  # 2xx: acknowledged
+    retry: bool  # worth retrying later (5xx, 429, timeout, connection)
+    reason: str  # for the metrics: "2xx", "status_500", "timeout", ...
+    retry_after: float | None = None
+
+
+class ForwardMetrics:
+    """The forwarding self-metrics; the Go server's names where it has them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.samples = Counter(
+            "telemeter_forward_samples_total", "Samples forwarded (2xx).", registry=r
+        )
+        self.errors = Counter(
+            "telemeter_forward_request_errors_total",
+            "Remote-write requests that did not get a 2xx.",
+            registry=r,
+        )
+        self.duration = Histogram(
+            "telemeter_forward_request_duration_seconds",
+            "Remote-write request latency, by status code.",
+            ["status_code"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.retries = Counter(
+            "telemeter_forward_retries_total", "Requests to be retried, by reason.", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.dropped = Counter(
+            "telemeter_forward_dropped_samples_total",
+            "Queued samples dropped without a 2xx, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "telemeter_forward_queue_length",
+            "Uploads queued in the streams of the ranges this pod forwards.",
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            "telemeter_forward_queue_oldest_age_seconds",
+            "Age of the oldest upload queued in the ranges this pod forwards.",
+            registry=r,
+        )
+        self.queue_limit = Gauge(
+            "telemeter_forward_queue_limit", "Queued uploads allowed per ring range.", registry=r
+        )
+        self.queue_full = Counter(
+            "telemeter_forward_queue_full_total",
+            "Uploads refused with 503 because their range's queue was full.",
+            registry=r,
+        )
+
+
+def client_tls(settings: ServerSettings) -> ssl.SSLContext | bool:
+    """The TLS settings for the receiver: its CA and our client certificate, when given."""
+    if settings.forward_ca_file is None and settings.forward_client_crt is None:
+        return True
+    ctx = ssl.create_default_context(
+        cafile=str(settings.forward_ca_file) if settings.forward_ca_file else None
+    )
+    if settings.forward_client_crt is not None and settings.forward_client_key is not None:
+        ctx.load_cert_chain(str(settings.forward_client_crt), str(settings.forward_client_key))
+    return ctx
+
+
+class ClientCredentials:
+    """An OAuth2 client-credentials token for the receiver, from the OIDC issuer's token
+    endpoint (found by discovery), cached until shortly before it expires."""
+
+    def __init__(self, settings: ServerSettings, http: httpx.AsyncClient) -> None:
+        assert settings.oidc_issuer and settings.client_id
+        self._issuer = settings.oidc_issuer.rstrip("/")
+        self._form = {"grant_type": "client_credentials", "client_id": settings.client_id}
+        secret = settings.oidc_secret()
+        if secret:
+            self._form["client_secret"] = secret
+        if settings.oidc_audience:
+            self._form["audience"] = settings.oidc_audience
+        self._http = http
+        self._endpoint: str | None = None
+        self._token: str | None = None
+        self._until = 0.0
+
+    def invalidate(self) -> None:
+        """Forget the token (the receiver answered 401)."""
+        self._token = None
+
+    async def header(self) -> str:
+        """The ``Authorization`` header value; raises httpx.HTTPError when it cannot get one."""
+        if self._token is not None and time.monotonic() < self._until:
+            return f"Bearer {self._token}"
+        if self._endpoint is None:
+            found = await self._http.get(f"{self._issuer}/.well-known/openid-configuration")
+            found.raise_for_status()
+            self._endpoint = str(found.json()["token_endpoint"])
+        answer = await self._http.post(self._endpoint, data=self._form)
+        answer.raise_for_status()
+        body = answer.json()
+        self._token = str(body["access_token"])
+        lifetime = float(body.get("expires_in", 300))
+        self._until = time.monotonic() + max(lifetime * 0.9, lifetime - 60)
+        return f"Bearer {self._token}"
+
+
+def batches(
+    entries: Sequence[QueuedEntry], *, max_entries: int, max_bytes: int, by_tenant: bool
+) -> list[list[QueuedEntry]]:
+    """Consecutive entries grouped into requests: one tenant each, within the limits."""
+    out: list[list[QueuedEntry]] = []
+    size = 0
+    for e in entries:
+        last = out[-1] if out else None
+        if (
+            last is None
+            or len(last) >= max_entries
+            or size + e.size > max_bytes
+            or (by_tenant and last[0].tenant != e.tenant)
+        ):
+            out.append([e])
+            size = e.size
+        else:
+            last.append(e)
+            size += e.size
+    return out
+
+
+def request_body(batch: Sequence[QueuedEntry]) -> bytes:
+    """The snappy-compressed request of a batch; a single entry's stored bytes as they are."""
+    if len(batch) == 1:
+        return batch[0].body
+    raw = b"".join(bytes(cramjam.snappy.decompress_raw(e.body)) for e in batch)
+    return bytes(cramjam.snappy.compress_raw(raw))
+
+
+class Forwarder:
+    """Sends the queued uploads of the ranges this pod leases (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        owned_ranges: Callable[[], frozenset[int]],
+        metrics: ForwardMetrics,
+    ) -> None:
+        assert settings.forward_url
+        self._s = settings
+        self._url = settings.forward_url
+        self._store = store
+        self._owned = owned_ranges
+        self.metrics = metrics
+        metrics.queue_limit.set(settings.forward_queue_limit)
+        self._http = httpx.AsyncClient(
+            timeout=settings.forward_timeout, verify=client_tls(settings)
+        )
+        self._auth = ClientCredentials(settings, self._http) if settings.oidc_issuer else None
+        self._task: asyncio.Task[None] | None = None
+        self._attempt = 0
+
+    async def start(self) -> None:
+        """Start the forwarding loop."""
+        self._task = asyncio.create_task(self._run(), name="forwarder")
+
+    async def stop(self) -> None:
+        """Stop the loop (an entry in flight stays queued) and close the HTTP client."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._http.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                delay = await self.cycle()
+            except StoreUnavailable as exc:
+                log.warning("forwarding: redis unavailable error=%s", exc)
+                delay = self._backoff(None)
+            except Exception:  # the loop must outlive any one bad turn
+                log.exception("forwarding: unexpected error")
+                delay = self._backoff(None)
+            await asyncio.sleep(delay)
+
+    def _backoff(self, retry_after: float | None) -> float:
+        """Full-jitter exponential backoff, capped; a receiver's Retry-After wins."""
+        self._attempt += 1
+        if retry_after is not None:
+            return min(retry_after, RETRY_AFTER_MAX_S)
+        cap = min(self._s.forward_backoff_max, BACKOFF_BASE_S * 2**self._attempt)
+        return random.uniform(0, cap)
+
+    async def cycle(self) -> float:
+        """Send what the owned ranges' streams hold; returns the seconds to wait before the next."""
+        ranges = sorted(self._owned())
+        s = self._s
+        heads = await self._store.read_queues(ranges, count=s.forward_batch_entries)
+        now_ms = time.time() * 1000
+        oldest = min((q[0].stamp_ms for q in heads if q), default=None)
+        self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
+        lengths = await self._store.queue_lengths(
+            [r for r, q in zip(ranges, heads, strict=True) if q]
+        )
+        self.metrics.queue_length.set(sum(lengths))
+        expired = [e for q in heads for e in q if now_ms - e.stamp_ms > s.forward_max_age * 1000]
+        if expired:
+            await self._store.ack(expired)
+            self.metrics.dropped.labels("too_old").inc(sum(e.series for e in expired))
+            log.warning("forwarding: dropped entries older than --forward-max-age count=%d",
+                        len(expired))  # fmt: skip
+        gone = {id(e) for e in expired}
+        live = [e for q in heads for e in q if id(e) not in gone]
+        if not live:
+            return s.forward_interval
+        for batch in batches(
+            live,
+            max_entries=s.forward_batch_entries,
+            max_bytes=s.forward_batch_bytes,
+            by_tenant=s.tenant_id is None,
+        ):
+            outcome = await self._deliver(batch)
+            if outcome is not None:
+                return self._backoff(outcome.retry_after)
+        self._attempt = 0
+        full = any(len(q) >= s.forward_batch_entries for q in heads)
+        return 0.0 if full else s.forward_interval
+
+    async def _deliver(self, batch: list[QueuedEntry]) -> Outcome | None:
+        """Send a batch; None when it is done with (sent or dropped), else the retryable answer."""
+        outcome = await self._send(batch)
+        if outcome.sent:
+            await self._store.ack(batch)
+            return None
+        if outcome.retry:
+            return outcome
+        if len(batch) > 1:  # one bad entry must not take the others with it
+            log.info("forwarding: batch refused, sending its entries alone entries=%d", len(batch))
+            for entry in batch:
+                alone = await self._deliver([entry])
+                if alone is not None:
+                    return alone
+            return None
+        self.metrics.dropped.labels("refused").inc(batch[0].series)
+        log.warning("forwarding: the receiver refused an entry; dropped reason=%s tenant=%s",
+                    outcome.reason, batch[0].tenant)  # fmt: skip
+        await self._store.ack(batch)
+        return None
+
+    async def _send(self, batch: list[QueuedEntry]) -> Outcome:
+        headers = {
+            **remotewrite.HEADERS,
+            "User-Agent": USER_AGENT,
+            self._s.tenant_header: self._s.tenant_id or batch[0].tenant,
+        }
+        start = time.perf_counter()
+        try:
+            if self._auth is not None:
+                headers["Authorization"] = await self._auth.header()
+            answer = await self._http.post(self._url, content=request_body(batch), headers=headers)
+        except httpx.TimeoutException as exc:
+            return self._failed("timeout", start, exc)
+        except httpx.HTTPError as exc:
+            return self._failed("connection", start, exc)
+        code = answer.status_code
+        self.metrics.duration.labels(str(code)).observe(time.perf_counter() - start)
+        if 200 <= code < 300:
+            self.metrics.samples.inc(sum(e.series for e in batch))
+            return Outcome(sent=True, retry=False, reason="2xx")
+        self.metrics.errors.inc()
+        if code == 401 and self._auth is not None:
+            self._auth.invalidate()  # a stale token: get a new one and try again
+            self.metrics.retries.labels("status_401").inc()
+            return Outcome(sent=False, retry=True, reason="status_401")
+        if code == 429 or code >= 500:
+            reason = "status_429" if code == 429 else "status_5xx"
+            self.metrics.retries.labels(reason).inc()
+            log.info("forwarding: the receiver answered %d; retrying later", code)
+            return Outcome(sent=False, retry=True, reason=reason, retry_after=_seconds(answer))
+        return Outcome(sent=False, retry=False, reason=f"status_{code}")
+
+    def _failed(self, reason: str, start: float, exc: Exception) -> Outcome:
+        self.metrics.duration.labels("0").observe(time.perf_counter() - start)
+        self.metrics.errors.inc()
+        self.metrics.retries.labels(reason).inc()
+        log.info("forwarding: request failed; retrying later reason=%s error=%r", reason, exc)
+        return Outcome(sent=False, retry=True, reason=reason)
+
+
+def _seconds(answer: httpx.Response) -> float | None:
+    """A ``Retry-After`` given in seconds (an HTTP date is taken as absent)."""
+    value = answer.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
