@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from app import keys, resp
-from telemeter.errors import TelemeterError
+from app.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ NODE_ERRORS = (ConnectionError, TimeoutError, OSError)
 
 
 _UNANSWERED = object()  # a command the bare connection could not run
-
-
-class StoreUnavailable(TelemeterError):
-    """Redis could not be reached or answered with an error: retry later (503)."""
 
 
 class Store:
