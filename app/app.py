@@ -26,14 +26,27 @@ from fastapi.responses import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import keys, snapshot
-from app.authorizer import AuthorizationDenied, StubAuthorizer
-from app.errors import HTTPProblem, install_handlers
+from app.authorizer import StubAuthorizer
+from app.errors import (
+    AuthorizationDenied,
+    BadRequest,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    Unauthorized,
+    install_handlers,
+)
 from app.metrics import HTTPMetrics
 from app.runtime import Runtime
 from app.status_page import status as status_page
-from app.uploads import DELIMITED_CONTENT_TYPE, PROTOBUF_TYPE, bearer, media_type
+from app.uploads import (
+    DELIMITED_CONTENT_TYPE,
+    MISSING_BEARER,
+    PROTOBUF_TYPE,
+    bearer,
+    media_type,
+)
 from telemeter.delimited import write_families
-from telemeter.errors import TooLarge
 from telemeter.exposition import TEXT_CONTENT_TYPE
 from telemeter.textparse import parse_text
 
@@ -46,7 +59,7 @@ async def _read_body(request: Request, *, limit: int, seconds: float) -> bytes:
     """The request body, refusing it as soon as it grows past ``limit`` or takes too long."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body larger than {limit} bytes")
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
@@ -54,10 +67,10 @@ async def _read_body(request: Request, *, limit: int, seconds: float) -> bytes:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise TooLarge(f"request body larger than {limit} bytes")
+                    raise PayloadTooLarge(f"request body larger than {limit} bytes")
                 chunks.append(chunk)
     except TimeoutError as exc:
-        raise HTTPProblem(408, f"request body not received within {seconds:g}s") from exc
+        raise RequestTimeout(f"request body not received within {seconds:g}s") from exc
     return b"".join(chunks)
 
 
@@ -99,10 +112,12 @@ def create_external_app(rt: Runtime) -> FastAPI:
             body = await _read_body(request, limit=AUTHORIZE_BODY_LIMIT, seconds=s.upload_timeout)
             cluster_id = parse_qs(body.decode("utf-8", "replace")).get("id", [""])[0]
         if not cluster_id:
-            raise HTTPProblem(400, "the cluster id is required (query or form field 'id')")
+            raise BadRequest("the cluster id is required (query or form field 'id')")
         if not keys.valid_cluster_id(cluster_id):
-            raise HTTPProblem(400, "invalid cluster id: use letters, digits and ._:- (<= 128)")
+            raise BadRequest("invalid cluster id: use letters, digits and ._:- (<= 128)")
         token = bearer(request.headers.get("authorization", ""))
+        if token is None:
+            raise Unauthorized(MISSING_BEARER)
         account = await _authorize(rt, cluster_id, token)
         labels = {s.partition_label: cluster_id}
         jwt = rt.issuer.issue(account_id=account, labels=labels)
@@ -125,8 +140,7 @@ async def _authorize(rt: Runtime, cluster_id: str, token: str) -> str:
         return await rt.authorizer.authorize(cluster_id=cluster_id, token=token)
     if await rt.store.auth_failures(cluster_id) >= rt.settings.auth_failure_limit:
         rt.metrics.authorizations.labels("throttled").inc()
-        raise HTTPProblem(
-            429,
+        raise RateLimited(
             "too many failed token exchanges for this cluster",
             retry_after=keys.AUTH_FAILURE_WINDOW_S,
         )

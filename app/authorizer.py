@@ -9,13 +9,8 @@ section 2 fixes the exchange and how its answers map to ours:
     5xx, bad JSON, empty account_id,
     other codes, network errors          -> AuthorizationUnavailable (the server answers 500)
 
-Errors:
-
-    TelemeterError
-    ├── AuthorizationDenied       upstream said no; the server answers with the same status code
-    └── AuthorizationUnavailable  upstream failed; logged here with a request id, no detail leaks
-
-httpx errors are translated here and nowhere else.
+Both errors are in `app.errors`. httpx errors are translated here and nowhere else; the details
+of a failure are logged here with a request id, and never answered.
 """
 
 from __future__ import annotations
@@ -28,11 +23,9 @@ from typing import Final
 
 import httpx
 
-from telemeter.errors import TelemeterError
+from app.errors import AuthorizationDenied, AuthorizationUnavailable
 
 __all__ = [
-    "AuthorizationDenied",
-    "AuthorizationUnavailable",
     "Authorizer",
     "HttpAuthorizer",
     "StubAuthorizer",
@@ -49,23 +42,6 @@ _MAX_LOGGED_DETAIL_CHARS: Final = 256
 _FNV64_OFFSET: Final = 0xCBF29CE484222325
 _FNV64_PRIME: Final = 0x100000001B3
 _DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-class AuthorizationDenied(TelemeterError):
-    """The upstream service refused the token (a 4xx); answer the client with ``status_code``."""
-
-    def __init__(self, status_code: int, retry_after: int | None = None) -> None:
-        super().__init__(f"authorization denied (upstream status {status_code})")
-        self.status_code = status_code
-        self.retry_after = retry_after
-
-
-class AuthorizationUnavailable(TelemeterError):
-    """The upstream service failed or answered nonsense; the details are only in our log."""
-
-    def __init__(self, request_id: str) -> None:
-        super().__init__(f"authorization service unavailable (request id {request_id})")
-        self.request_id = request_id
 
 
 def stable_account_id(cluster_id: str) -> str:

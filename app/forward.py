@@ -36,8 +36,9 @@ import cramjam
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.errors import StoreUnavailable
 from app.settings import ServerSettings
-from app.store import QueuedEntry, Store, StoreUnavailable
+from app.store import QueuedEntry, Store
 from telemeter import remotewrite
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.errors import HTTPProblem, problem
+from app.errors import PayloadTooLarge, RequestTimeout, http_error
 from app.runtime import Runtime
-from app.uploads import reject_reason, upload
-from telemeter.errors import TelemeterError, TooLarge
+from app.uploads import upload
+from telemeter.errors import TelemeterError
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ class UploadCycle:
         self.message_event.set()
 
     async def read_body(self, limit: int, seconds: float) -> bytes:
-        """The whole body; TooLarge past ``limit``, 408 when it takes longer than ``seconds``."""
+        """The whole body; PayloadTooLarge past ``limit``, RequestTimeout past ``seconds``."""
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise TooLarge(f"request body larger than {limit} bytes")
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
         if not self.complete and self.headers.get("expect", "").lower() == "100-continue":
             self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as curl asks
         if self._waiting(limit):  # usually the whole body came with the head
@@ -85,11 +85,11 @@ class UploadCycle:
                         self.message_event.clear()
                         await self.message_event.wait()
             except TimeoutError as exc:
-                raise HTTPProblem(408, f"request body not received within {seconds:g}s") from exc
+                raise RequestTimeout(f"request body not received within {seconds:g}s") from exc
         if self.disconnected:
             raise _Disconnected()
         if self.size > limit:
-            raise TooLarge(f"request body larger than {limit} bytes")
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
         return b"".join(self.chunks)
 
     def _waiting(self, limit: int) -> bool:
@@ -107,8 +107,10 @@ class UploadCycle:
             await upload(self.rt, self.headers, self.read_body)
             status, reason = 200, ""
         except TelemeterError as exc:
-            m.rejects.labels(reject_reason(exc)).inc()
-            status, reason, retry_after = problem(exc)
+            error = http_error(exc)
+            m.rejects.labels(error.reject_reason).inc()
+            status, reason, retry_after = error.status, error.reason, error.retry_after
+            del error  # its traceback holds this frame: a reference cycle per refused upload
         except _Disconnected:
             status = 499  # counted, never sent
         except Exception:

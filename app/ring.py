@@ -45,9 +45,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio.cluster import RedisCluster
 
 from app.assignment import rebalance
+from app.errors import StoreUnavailable
 from app.keys import DEFAULT_RING_NAMESPACE as DEFAULT_NAMESPACE
 from app.keys import RANGES, SLOTS_PER_RANGE, RingKeys
-from app.store import REDIS_ERRORS, StoreUnavailable
+from app.store import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ clusters this pod serves (last push time, series) and the uploads it refused, by
 
 The page is one self-contained document: inline CSS and SVG, no script, no external asset (the
 response's Content-Security-Policy forbids loading any). Every piece of dynamic text is escaped:
-member names come from ``--name`` and reasons from exception names.
+member names come from ``--name``; reasons are the fixed labels of `app.errors`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import Counter
 
 from app import snapshot
+from app.errors import StoreUnavailable
 from app.keys import RANGES, SLOTS, SLOTS_PER_RANGE
-from app.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from app.runtime import Runtime

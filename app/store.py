@@ -24,7 +24,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from app import keys, resp
-from telemeter.errors import TelemeterError
+from app.errors import QueueFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,6 @@ NODE_ERRORS = (ConnectionError, TimeoutError, OSError)
 
 
 _UNANSWERED = object()  # a command the bare connection could not run
-
-
-class StoreUnavailable(TelemeterError):
-    """Redis could not be reached or answered with an error: retry later (503)."""
-
-
-class QueueFull(StoreUnavailable):
-    """The range's remote-write queue is at its limit: retry later (503, back-pressure)."""
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from telemeter.errors import TelemeterError
+from app.errors import InvalidToken
 
 __all__ = [
     "AUDIENCES",
     "ISSUER",
     "LABELS_CLAIM",
     "Claims",
-    "InvalidToken",
     "PublicKey",
     "SigningKey",
     "TokenIssuer",
@@ -59,14 +58,6 @@ _EC_ALGORITHMS: Final[Mapping[str, str]] = {
 
 PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-
-
-class InvalidToken(TelemeterError):
-    """The bearer token is not a valid upload token; the server answers 401 with the reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

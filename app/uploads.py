@@ -1,8 +1,8 @@
 """`POST /upload`: the checks, the compiled pass and the store write of one upload.
 
 The HTTP side is `app.protocol`, which calls `upload` straight from the HTTP parser
-(no ASGI, no Starlette objects: uploads are the hot path). Errors are raised as
-`TelemeterError`; `app.errors.problem` gives their status.
+(no ASGI, no Starlette objects: uploads are the hot path). A refused upload raises an error of
+`app.errors` (or of the core's, which `app.errors.http_error` translates).
 """
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ from collections.abc import Awaitable, Callable, Mapping
 import cramjam
 
 from app import keys, snapshot
-from app.errors import HTTPProblem
+from app.errors import (
+    InvalidToken,
+    Overloaded,
+    PayloadTooLarge,
+    QueueFull,
+    RateLimited,
+    UnsupportedMediaType,
+)
 from app.runtime import Runtime
-from app.store import Forward, QueueFull, StoreUnavailable
-from app.tokens import InvalidToken
+from app.store import Forward
 from telemeter import remotewrite, snappy
-from telemeter.errors import InvalidPayload, TelemeterError, TooLarge
 from telemeter.upload import PassResult, process
 
 PROTOBUF_TYPE = "application/vnd.google.protobuf"
@@ -31,7 +36,8 @@ DELIMITED_CONTENT_TYPE = (
 MAX_SAMPLE_AGE_MS = 24 * 3600 * 1000
 UPLOAD_SLOT_WAIT_S = 1.0
 
-# Reads the body: (limit in bytes, seconds) -> the body, or raises TooLarge or HTTPProblem(408).
+# Reads the body: (limit in bytes, seconds) -> the body, or raises PayloadTooLarge or
+# RequestTimeout.
 BodyReader = Callable[[int, float], Awaitable[bytes]]
 
 
@@ -56,55 +62,33 @@ def _check_upload_type(content_type: str) -> None:
             != "io.prometheus.client.MetricFamily"
         )
     ):
-        raise HTTPProblem(
-            415,
+        raise UnsupportedMediaType(
             f"unsupported content type {content_type[:100]!r}: expected {DELIMITED_CONTENT_TYPE}",
         )
 
 
-def bearer(authorization: str) -> str:
-    """The token of an ``Authorization: Bearer`` header value."""
+MISSING_BEARER = "an Authorization: Bearer <token> header is required"
+
+
+def bearer(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer`` header value, or None if there is none."""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPProblem(401, "an Authorization: Bearer <token> header is required")
+        return None
     return token.strip()
 
 
-_PROBLEM_REASONS = {
-    401: "unauthorized",
-    408: "timeout",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-    503: "overloaded",
-}
-
-
-def reject_reason(exc: TelemeterError) -> str:
-    """The ``reason`` label of a refused upload (a small, fixed set of values)."""
-    if isinstance(exc, HTTPProblem):
-        return _PROBLEM_REASONS.get(exc.status, "bad_request")
-    if isinstance(exc, TooLarge):
-        return "too_large"
-    if isinstance(exc, InvalidPayload):
-        return "invalid"
-    if isinstance(exc, InvalidToken):
-        return "unauthorized"
-    if isinstance(exc, StoreUnavailable):
-        return "store_unavailable"
-    return "other"
-
-
 async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader) -> None:
-    """Check, render and store one upload; raises a `TelemeterError` when it is refused.
+    """Check, render and store one upload; raises an error (see the module docstring) if refused.
 
     ``headers`` has lowercased names. Everything that can be checked from the head is checked
     before the body is read.
     """
     s = rt.settings
-    try:
-        claims = rt.verifier.verify(bearer(headers.get("authorization", "")))
-    except HTTPProblem as exc:
-        raise InvalidToken(exc.reason) from exc
+    token = bearer(headers.get("authorization", ""))
+    if token is None:
+        raise InvalidToken(MISSING_BEARER)
+    claims = rt.verifier.verify(token)
     token_labels = dict(claims.labels)
     cluster_id = token_labels.get(s.partition_label, "")
     if not keys.valid_cluster_id(cluster_id):
@@ -112,10 +96,12 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
     _check_upload_type(headers.get("content-type", ""))
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("snappy", "identity", ""):
-        raise HTTPProblem(415, f"unsupported content encoding {encoding[:40]!r}: expected snappy")
+        raise UnsupportedMediaType(
+            f"unsupported content encoding {encoding[:40]!r}: expected snappy"
+        )
     wait = rt.limited_for(cluster_id)
     if wait > 0:
-        raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait))
+        raise RateLimited("upload rate limit exceeded", retry_after=math.ceil(wait))
     # The body is read before taking an upload slot: a client trickling its body in holds its
     # connection until --upload-timeout, never a slot (D10 bounds the decoding).
     body = await read_body(s.limit_bytes, s.upload_timeout)
@@ -124,7 +110,7 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
         try:
             await asyncio.wait_for(slots.acquire(), UPLOAD_SLOT_WAIT_S)
         except TimeoutError as exc:
-            raise HTTPProblem(503, "too many uploads in progress", retry_after=1) from exc
+            raise Overloaded("too many uploads in progress") from exc
     else:
         await slots.acquire()
     try:
@@ -152,7 +138,7 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
         slots.release()
     if wait_ms > 0:
         rt.remember_limit(cluster_id, wait_ms / 1000)
-        raise HTTPProblem(429, "upload rate limit exceeded", retry_after=math.ceil(wait_ms / 1000))
+        raise RateLimited("upload rate limit exceeded", retry_after=math.ceil(wait_ms / 1000))
     rt.remember_limit(cluster_id, s.ratelimit)
     m = rt.metrics
     m.uploads.inc()
@@ -183,7 +169,7 @@ def _render_snapshot(
     if encoding == "snappy":
         data = snappy.decode_framed(body, max_size=s.uncompressed_limit)
     elif len(body) > s.uncompressed_limit:
-        raise TooLarge(f"request body larger than {s.uncompressed_limit} bytes")
+        raise PayloadTooLarge(f"request body larger than {s.uncompressed_limit} bytes")
     else:
         data = body
     result = process(

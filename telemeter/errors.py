@@ -5,7 +5,8 @@
     │   └── TooLarge        a size or count limit was exceeded: the server answers 413
     └── InvalidSelector     a whitelist/match selector that does not parse
 
-Core code raises only these; the server maps them to status codes in one place.
+Core code raises only these; the server translates them to its own errors in one place
+(``app.errors.http_error``).
 """
 
 

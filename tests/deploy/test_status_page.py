@@ -24,7 +24,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from app import keys, snapshot
-from app.errors import HTTPProblem
+from app.errors import InvalidToken, UnsupportedMediaType
 from app.keys import RANGES, SLOTS, SLOTS_PER_RANGE, cluster_range
 from app.status_page import (
     ClusterInfo,
@@ -32,8 +32,6 @@ from app.status_page import (
     rejects_by_reason,
     render_status,
 )
-from app.tokens import InvalidToken
-from app.uploads import reject_reason
 from dev.stack import ServerHandle
 from telemeter.textparse import parse_text
 from tests.support import authorize, encode_upload, upload
@@ -269,6 +267,6 @@ def test_status_page_of_a_three_pod_ring_in_chromium(
     assert all(keys.cluster_range(other) in held for other in clusters)
     rejects = {a["data-reason"]: int(a["data-count"]) for a in page.having("data-reason")}
     assert rejects == {
-        reject_reason(InvalidToken("no token")): 1,
-        reject_reason(HTTPProblem(415, "text/plain")): 1,
+        InvalidToken.reject_reason: 1,
+        UnsupportedMediaType.reject_reason: 1,
     }

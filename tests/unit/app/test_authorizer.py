@@ -18,12 +18,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from app.authorizer import (
-    AuthorizationDenied,
-    AuthorizationUnavailable,
     HttpAuthorizer,
     StubAuthorizer,
     stable_account_id,
 )
+from app.errors import AuthorizationDenied, AuthorizationUnavailable
 from dev.authorization_server import create_app
 
 pytestmark = pytest.mark.anyio
@@ -98,14 +97,14 @@ async def test_stand_in_authorizes_a_known_token(stand_in: HttpAuthorizer) -> No
 async def test_stand_in_refuses_an_unknown_token(stand_in: HttpAuthorizer) -> None:
     with pytest.raises(AuthorizationDenied) as denied:
         await stand_in.authorize(cluster_id="cluster-a", token="b")
-    assert denied.value.status_code == 401
+    assert denied.value.status == 401
     assert denied.value.retry_after is None
 
 
 async def test_stand_in_refuses_an_empty_cluster_id(stand_in: HttpAuthorizer) -> None:
     with pytest.raises(AuthorizationDenied) as denied:
         await stand_in.authorize(cluster_id="", token="a")
-    assert denied.value.status_code == 400
+    assert denied.value.status == 400
 
 
 # --- the request we send ------------------------------------------------------------------
@@ -151,7 +150,7 @@ async def test_4xx_is_denied_with_the_same_code(status_code: int) -> None:
     app = _upstream(status_code, json.dumps({"name": "x", "reason": SECRET_DETAIL}))
     with pytest.raises(AuthorizationDenied) as denied:
         await _authorize_against(app)
-    assert denied.value.status_code == status_code
+    assert denied.value.status == status_code
     assert denied.value.retry_after is None
     assert SECRET_DETAIL not in str(denied.value)
 
@@ -159,7 +158,7 @@ async def test_4xx_is_denied_with_the_same_code(status_code: int) -> None:
 async def test_429_is_denied_with_retry_after_300() -> None:
     with pytest.raises(AuthorizationDenied) as denied:
         await _authorize_against(_upstream(429, "{}"))
-    assert denied.value.status_code == 429
+    assert denied.value.status == 429
     assert denied.value.retry_after == 300
 
 

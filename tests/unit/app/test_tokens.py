@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from app.errors import InvalidToken
 from app.tokens import (
     Claims,
-    InvalidToken,
     SigningKey,
     TokenIssuer,
     TokenVerifier,
