@@ -37,6 +37,7 @@ from app.errors import (
     install_handlers,
 )
 from app.metrics import HTTPMetrics
+from app.receive import receive
 from app.runtime import Runtime
 from app.status_page import status as status_page
 from app.uploads import (
@@ -100,7 +101,8 @@ def create_external_app(rt: Runtime) -> FastAPI:
 
     @app.get("/")
     async def index() -> dict[str, list[str]]:
-        return {"paths": ["/", "/authorize", "/upload", "/healthz", "/healthz/ready"]}
+        paths = ["/", "/authorize", "/upload", "/healthz", "/healthz/ready"]
+        return {"paths": [*paths, "/metrics/v1/receive"] if s.forward_url else paths}
 
     _health_routes(app, rt)
 
@@ -118,7 +120,7 @@ def create_external_app(rt: Runtime) -> FastAPI:
         token = bearer(request.headers.get("authorization", ""))
         if token is None:
             raise Unauthorized(MISSING_BEARER)
-        account = await _authorize(rt, cluster_id, token)
+        account = await authorize_cluster(rt, cluster_id, token)
         labels = {s.partition_label: cluster_id}
         jwt = rt.issuer.issue(account_id=account, labels=labels)
         m.authorizations.labels("ok").inc()
@@ -131,10 +133,21 @@ def create_external_app(rt: Runtime) -> FastAPI:
             }
         )
 
+    if s.forward_url:  # remote write is received only when it can be forwarded
+
+        @app.post("/metrics/v1/receive")
+        async def receive_route(request: Request) -> Response:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > s.limit_receive_bytes:  # before auth: cheap
+                raise PayloadTooLarge(f"request body larger than {s.limit_receive_bytes} bytes")
+            body = await _read_body(request, limit=s.limit_receive_bytes, seconds=s.upload_timeout)
+            return Response(status_code=await receive(rt, headers, body))
+
     return app
 
 
-async def _authorize(rt: Runtime, cluster_id: str, token: str) -> str:
+async def authorize_cluster(rt: Runtime, cluster_id: str, token: str) -> str:
     """The account of (cluster, token): from the cache in Redis, else from the authorizer."""
     if isinstance(rt.authorizer, StubAuthorizer):  # no upstream: nothing to cache or throttle
         return await rt.authorizer.authorize(cluster_id=cluster_id, token=token)

@@ -58,6 +58,11 @@ def auth_key(cluster_id: str, token: str) -> str:
     return f"{PREFIX}:{{{cluster_id}}}:auth:{digest}"
 
 
+def receive_limit_key(cluster_id: str) -> str:
+    """Remote-write requests received from the cluster in the current minute."""
+    return f"{PREFIX}:{{{cluster_id}}}:receive"
+
+
 def auth_failures_key(cluster_id: str) -> str:
     """Count of rejected token exchanges of the cluster in the current window."""
     return f"{PREFIX}:{{{cluster_id}}}:authfail"

@@ -53,6 +53,15 @@ return redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 'u', ARGV[3], 't', ARGV[4]
 
 ENQUEUE_BYTES = ENQUEUE.encode()
 
+# A fixed one-minute window of received remote-write requests per cluster: 0, or the ms left in
+# the window once it holds ARGV[2] requests.
+COUNT_RECEIVE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n > tonumber(ARGV[2]) then return math.max(redis.call('PTTL', KEYS[1]), 1) end
+return 0
+"""
+
 COUNT_FAILURE = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -297,6 +306,27 @@ class Store:
             raise _failed("save", exc) from exc
         finally:
             self._observe("save", start)
+        return int(wait)
+
+    async def enqueue(self, cluster_id: str, forward: Forward, *, queue_limit: int) -> None:
+        """Queue a remote-write request in the stream of the cluster's range (`QueueFull`)."""
+        range_id = keys.cluster_range(cluster_id)
+        stream = keys.forward_key(range_id)
+        async with self._call("enqueue") as client:
+            entry_id = await client.eval(
+                ENQUEUE, 1, stream, queue_limit, forward.body, forward.size,
+                forward.tenant, forward.series, forward.stamp_ms,
+            )  # fmt: skip
+        if entry_id is None:
+            raise QueueFull(f"the remote-write queue of range {range_id} is full")
+
+    async def count_receive(self, cluster_id: str, *, limit: int) -> int:
+        """Count a received request in the cluster's one-minute window; the ms to wait when the
+        window already holds ``limit`` (cluster-wide, as the upload rate limit)."""
+        async with self._call("receive_limit") as client:
+            wait = await client.eval(
+                COUNT_RECEIVE, 1, keys.receive_limit_key(cluster_id), 60_000, limit
+            )
         return int(wait)
 
     async def read_queues(self, ranges: list[int], *, count: int) -> list[list[QueuedEntry]]:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from telemeter.errors import InvalidPayload
+from telemeter.errors import InvalidPayload, TooLarge
 
 Family = tuple[str, int, bytes]
 Series = tuple[list[tuple[str, str]], list[tuple[float, int]]]
@@ -167,3 +168,67 @@ def decode(data: bytes) -> list[Series]:
                 samples.append(_sample(field))
         out.append((labels, samples))
     return out
+
+
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ReceiveLimits:
+    """What a received request may hold (the limits of ``/upload``, and a time window)."""
+
+    partition_label: str
+    cluster_id: str
+    max_series: int
+    max_labels: int
+    max_length: int
+    min_timestamp_ms: int
+    max_timestamp_ms: int
+
+
+def check_received(series: list[Series], limits: ReceiveLimits) -> None:
+    """Refuse a received request that is not safe to store (InvalidPayload or TooLarge).
+
+    Every series must carry the partition label with the authenticated cluster's ID, so that no
+    cluster can write under another's; names must be valid and within the length limit, and
+    every timestamp inside the window.
+    """
+    if len(series) > limits.max_series:
+        raise TooLarge(f"more than {limits.max_series} series in one request")
+    for labels, samples in series:
+        if len(labels) > limits.max_labels:
+            raise TooLarge(f"a series has more than {limits.max_labels} labels")
+        names = dict(labels)
+        if len(names) != len(labels):
+            raise InvalidPayload("a series repeats a label name")
+        name = names.get("__name__", "")
+        if not METRIC_NAME.fullmatch(name):
+            raise InvalidPayload(f"invalid metric name {name[:100]!r}")
+        owner = names.get(limits.partition_label)
+        if owner != limits.cluster_id:
+            raise InvalidPayload(
+                f"series {name[:100]} must carry {limits.partition_label}="
+                f"{limits.cluster_id!r}, the authenticated cluster (got {str(owner)[:100]!r})"
+            )
+        for key, value in labels:
+            if key != "__name__" and not LABEL_NAME.fullmatch(key):
+                raise InvalidPayload(f"invalid label name {key[:100]!r}")
+            if len(key) > limits.max_length or len(value) > limits.max_length:
+                raise InvalidPayload(f"a label of {name[:100]} is longer than {limits.max_length}")
+        for _, ts in samples:
+            if not limits.min_timestamp_ms <= ts <= limits.max_timestamp_ms:
+                raise InvalidPayload(f"a sample of {name[:100]} is outside the accepted window")
+
+
+def encode_series(series: Iterable[Series]) -> bytes:
+    """A ``WriteRequest`` of decoded series (labels sorted by name, as receivers want them)."""
+    out = bytearray()
+    for labels, samples in series:
+        body = b"".join(
+            _field(1, _field(1, k.encode()) + _field(2, v.encode())) for k, v in sorted(labels)
+        )
+        for value, ts in samples:
+            body += _field(2, b"\x09" + _DOUBLE.pack(value) + b"\x10" + _varint(ts))
+        out += _field(1, body)
+    return bytes(out)

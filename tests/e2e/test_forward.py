@@ -181,9 +181,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def scripted(request: pytest.FixtureRequest) -> Iterator[ScriptedReceiver]:
-    receiver = ScriptedReceiver(**request.param)
+def serve_scripted(receiver: ScriptedReceiver) -> Iterator[ScriptedReceiver]:
+    """Serve ``receiver`` in a thread while the generator is open (a fixture body)."""
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
     try:
@@ -191,6 +190,11 @@ def scripted(request: pytest.FixtureRequest) -> Iterator[ScriptedReceiver]:
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+@pytest.fixture
+def scripted(request: pytest.FixtureRequest) -> Iterator[ScriptedReceiver]:
+    yield from serve_scripted(ScriptedReceiver(**request.param))
 
 
 def one_server(

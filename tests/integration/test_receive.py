@@ -1,0 +1,152 @@
+"""``POST /metrics/v1/receive`` with a real server and Redis Cluster, forwarding to a scripted
+receiver: what is accepted is forwarded, and each refusal has its status and forwards nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cramjam
+import httpx
+import pytest
+
+from dev.stack import ServerHandle, start_server
+from telemeter import remotewrite
+from tests.conftest import RedisClusterHandle
+from tests.e2e.test_forward import FORWARD_ARGS, ScriptedReceiver, serve_scripted
+from tests.integration.test_faults import authorize_at
+
+pytestmark = pytest.mark.integration
+
+HEADERS = {**remotewrite.HEADERS}
+
+
+def write_request(cluster_id: str, *, name: str = "rw_up", age_ms: int = 0, n: int = 3) -> bytes:
+    now = int(time.time() * 1000) - age_ms
+    series = [
+        ([("__name__", name), ("_id", cluster_id), ("job", f"j{i}")], [(float(i), now)])
+        for i in range(n)
+    ]
+    return remotewrite.encode_series(series)
+
+
+def post(server: ServerHandle, token: str | None, body: bytes, **headers: str) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.post(
+        f"{server.external}/metrics/v1/receive",
+        content=body,
+        headers={**HEADERS, **auth, **headers},
+        timeout=10,
+    )
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[ScriptedReceiver]:
+    yield from serve_scripted(ScriptedReceiver())
+
+
+@pytest.fixture(scope="module")
+def server(
+    redis_cluster: RedisClusterHandle,
+    signing_key: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    receiver: ScriptedReceiver,
+) -> Iterator[ServerHandle]:
+    handle = start_server(
+        redis_url=redis_cluster.url,
+        workdir=tmp_path_factory.mktemp("receive"),
+        name="receive",
+        shared_key=signing_key,
+        extra_args=[
+            *FORWARD_ARGS, "--forward-url", receiver.url, "--limit-receive-bytes", "4096",
+            "--limit-receive-uncompressed-bytes", "65536", "--limit-receive-requests", "3",
+        ],
+    )  # fmt: skip
+    try:
+        yield handle
+    finally:
+        handle.process.stop()
+
+
+def forwarded(receiver: ScriptedReceiver, cluster_id: str, *, wait: float = 10.0) -> int:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            count = receiver.accepted.count(cluster_id)
+        if count:
+            return count
+        time.sleep(0.1)
+    return 0
+
+
+def test_a_matching_id_is_forwarded(server: ServerHandle, receiver: ScriptedReceiver) -> None:
+    jwt = authorize_at(server, "rx-ok")
+    answer = post(server, jwt, remotewrite_block(write_request("rx-ok")))
+    assert answer.status_code == 204, answer.text
+    assert forwarded(receiver, "rx-ok") == 3
+
+
+def test_the_go_token_scheme_is_accepted(server: ServerHandle, receiver: ScriptedReceiver) -> None:
+    token = base64.b64encode(
+        json.dumps({"authorization_token": "a", "cluster_id": "rx-go"}).encode()
+    ).decode()
+    answer = post(server, token, remotewrite_block(write_request("rx-go")))
+    assert answer.status_code == 204, answer.text
+    assert forwarded(receiver, "rx-go") == 3
+
+
+def test_another_clusters_id_is_refused_and_nothing_is_forwarded(
+    server: ServerHandle, receiver: ScriptedReceiver
+) -> None:
+    jwt = authorize_at(server, "rx-me")
+    answer = post(server, jwt, remotewrite_block(write_request("rx-victim")))
+    assert answer.status_code == 400 and "rx-me" in answer.text
+    assert forwarded(receiver, "rx-victim", wait=2) == 0
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token", "eyJhbGciOiJFUzI1NiJ9.e30.c2ln"])
+def test_no_or_a_bad_token_is_401(server: ServerHandle, token: str | None) -> None:
+    assert post(server, token, remotewrite_block(write_request("rx-x"))).status_code == 401
+
+
+def remotewrite_block(data: bytes) -> bytes:
+    return bytes(cramjam.snappy.compress_raw(data))
+
+
+def test_each_limit_has_its_code(server: ServerHandle) -> None:
+    jwt = authorize_at(server, "rx-limits")
+    big = remotewrite_block(os.urandom(8000))  # incompressible: > 4096 bytes on the wire
+    assert post(server, jwt, big).status_code == 413
+    # A block whose preamble declares 100000 bytes (> 65536): refused before it is inflated.
+    bomb = b"\xa0\x8d\x06" + remotewrite_block(b"\0" * 60_000)[3:]
+    assert len(bomb) < 4096 and post(server, jwt, bomb).status_code == 413
+    ok = remotewrite_block(write_request("rx-limits"))
+    v2 = {"Content-Type": "application/x-protobuf;proto=io.prometheus.write.v2.Request"}
+    assert post(server, jwt, ok, **v2).status_code == 415
+    assert (
+        post(server, jwt, ok, **{"X-Prometheus-Remote-Write-Version": "2.0.0"}).status_code == 415
+    )
+    assert post(server, jwt, ok, **{"Content-Encoding": "gzip"}).status_code == 415
+    assert post(server, jwt, b"\x05not snappy").status_code == 400
+    assert post(server, jwt, remotewrite_block(b"\x0a\x05ab")).status_code == 400  # truncated
+    old = remotewrite_block(write_request("rx-limits", age_ms=25 * 3600 * 1000))
+    assert post(server, jwt, old).status_code == 400
+    bad_name = remotewrite_block(write_request("rx-limits", name="0bad"))
+    assert post(server, jwt, bad_name).status_code == 400
+
+
+def test_metadata_only_is_accepted_and_dropped(server: ServerHandle) -> None:
+    jwt = authorize_at(server, "rx-meta")
+    metadata = b"\x1a\x04\x0a\x02up"  # WriteRequest.metadata = 3, no timeseries
+    assert post(server, jwt, remotewrite_block(metadata)).status_code == 204
+
+
+def test_the_cluster_wide_rate_limit_is_429_with_retry_after(server: ServerHandle) -> None:
+    jwt = authorize_at(server, "rx-rate")
+    codes = [post(server, jwt, remotewrite_block(write_request("rx-rate"))) for _ in range(4)]
+    assert [a.status_code for a in codes] == [204, 204, 204, 429]
+    assert 1 <= int(codes[-1].headers["Retry-After"]) <= 60
