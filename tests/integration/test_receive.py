@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,45 @@ def test_the_cluster_wide_rate_limit_is_429_with_retry_after(server: ServerHandl
     codes = [post(server, jwt, remotewrite_block(write_request("rx-rate"))) for _ in range(4)]
     assert [a.status_code for a in codes] == [204, 204, 204, 429]
     assert 1 <= int(codes[-1].headers["Retry-After"]) <= 60
+
+
+def malformed_receive_bodies(cluster_id: str, rng: random.Random) -> list[bytes]:
+    """Hostile remote-write bodies: random bytes, truncations and bit flips of a valid request,
+    compressed garbage, absurd varints, and valid requests of wrong content."""
+    valid = write_request(cluster_id, n=20)
+    block = remotewrite_block(valid)
+    cases = [rng.randbytes(rng.randint(0, 3000)) for _ in range(150)]
+    cases += [block[: rng.randint(0, len(block) - 1)] for _ in range(100)]
+    for _ in range(150):
+        flipped = bytearray(block)
+        for _ in range(rng.randint(1, 4)):
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        cases.append(bytes(flipped))
+    for _ in range(150):
+        raw = bytearray(valid)
+        for _ in range(rng.randint(1, 6)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        cases.append(remotewrite_block(bytes(raw)))
+    cases += [remotewrite_block(rng.randbytes(rng.randint(1, 2000))) for _ in range(100)]
+    cases += [remotewrite_block(b"\x0a\xff\xff\xff\xff\x0f" + rng.randbytes(10)) for _ in range(20)]
+    cases += [
+        remotewrite_block(write_request("someone-else")),
+        remotewrite_block(write_request(cluster_id, name="")),
+        remotewrite_block(write_request(cluster_id, age_ms=-3600 * 1000)),  # an hour ahead
+    ]
+    return cases
+
+
+def test_malformed_remote_write_is_refused_with_4xx(server: ServerHandle) -> None:
+    cluster_id = "rx-fuzz"
+    jwt = authorize_at(server, cluster_id)
+    rng = random.Random(20261202)
+    wrong = []
+    with httpx.Client(timeout=10, headers={**HEADERS, "Authorization": f"Bearer {jwt}"}) as c:
+        for body in malformed_receive_bodies(cluster_id, rng):
+            answer = c.post(f"{server.external}/metrics/v1/receive", content=body)
+            if not 400 <= answer.status_code < 500 and answer.status_code != 204:
+                wrong.append((answer.status_code, answer.text[:100], body[:40]))
+    assert not wrong, wrong[:5]
+    assert server.process.alive
+    assert "Traceback" not in server.process.log_path.read_text(errors="replace")
