@@ -9,6 +9,7 @@ gauge ``fault_seq`` holding its push number, so the receiver's samples say which
 from __future__ import annotations
 
 import http.server
+import json
 import signal
 import threading
 import time
@@ -20,6 +21,8 @@ import cramjam
 import httpx
 import pytest
 
+from dev.ports import free_port
+from dev.processes import ManagedProcess
 from dev.prometheus import PrometheusHandle, find_prometheus, query, start_receiver
 from dev.stack import ServerHandle, start_server
 from telemeter import remotewrite
@@ -265,3 +268,56 @@ def test_a_429_retry_after_is_honoured(
         assert scripted.headers_seen[0]["THANOS-TENANT"] == "rw-429"
     finally:
         server.process.stop()
+
+
+def test_a_cluster_prometheus_remote_writes_through_us_to_the_central_receiver(
+    redis_cluster: RedisClusterHandle, signing_key: Path, tmp_path: Path
+) -> None:
+    central = start_receiver(workdir=tmp_path / "central")
+    server = start_server(
+        redis_url=redis_cluster.url,
+        workdir=tmp_path,
+        name="rw-front",
+        shared_key=signing_key,
+        extra_args=[*FORWARD_ARGS, "--forward-url", f"{central.url}/api/v1/write"],
+    )
+    jwt = authorize_at(server, "rw-prom")
+    address = f"127.0.0.1:{free_port()}"
+    config = {
+        "global": {"scrape_interval": "1s", "external_labels": {"_id": "rw-prom"}},
+        "scrape_configs": [{"job_name": "self", "static_configs": [{"targets": [address]}]}],
+        "remote_write": [
+            {
+                "url": f"{server.external}/metrics/v1/receive",
+                "authorization": {"type": "Bearer", "credentials": jwt},
+                "queue_config": {"batch_send_deadline": "1s", "min_backoff": "100ms"},
+            }
+        ],
+    }
+    workdir = tmp_path / "cluster-prometheus"
+    workdir.mkdir()
+    (workdir / "prometheus.yml").write_text(json.dumps(config))
+    binary = find_prometheus()
+    assert binary is not None
+    cluster_prometheus = ManagedProcess(
+        "cluster-prometheus",
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address={address}",
+        ],
+        log_path=workdir / "prometheus.log",
+    ).start()
+    try:
+        wait_for(
+            lambda: None if query(central.url, 'up{_id="rw-prom",job="self"}') else "no series yet",
+            timeout=60,
+            what="the cluster's series at the central receiver",
+        )
+        # Every series arrived with the cluster's _id, and nothing under another.
+        assert query(central.url, 'count({__name__=~".+",_id!="rw-prom"})') == []
+    finally:
+        cluster_prometheus.stop()
+        server.process.stop()
+        central.process.stop()
