@@ -32,14 +32,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cramjam
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.errors import StoreUnavailable
 from app.settings import ServerSettings
 from app.store import QueuedEntry, Store
-from telemeter import remotewrite
+from telemeter import remotewrite, snappy
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +184,8 @@ def request_body(batch: Sequence[QueuedEntry]) -> bytes:
     """The snappy-compressed request of a batch; a single entry's stored bytes as they are."""
     if len(batch) == 1:
         return batch[0].body
-    raw = b"".join(bytes(cramjam.snappy.decompress_raw(e.body)) for e in batch)
-    return bytes(cramjam.snappy.compress_raw(raw))
+    raw = b"".join(snappy.decode_block(e.body, max_size=e.size) for e in batch)
+    return snappy.encode_block(raw)
 
 
 class Forwarder:

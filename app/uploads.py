@@ -13,8 +13,6 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-import cramjam
-
 from app import keys, snapshot
 from app.errors import (
     InvalidToken,
@@ -185,7 +183,7 @@ def _render_snapshot(
     if s.forward_url:
         request, series = remotewrite.encode(families)
         forward = Forward(
-            body=bytes(cramjam.snappy.compress_raw(request)),
+            body=snappy.encode_block(request),
             size=len(request),
             tenant=cluster_id,
             series=series,
