@@ -117,12 +117,19 @@ def test_client_obeys_the_server_rate_limit(
         "--match", "up", "--interval", "500ms",
     )  # fmt: skip
     _wait_for_series(server, "cluster-rl")
-    time.sleep(3)  # six intervals
-    metrics = httpx.get(f"{base}/metrics").text.splitlines()
     sent = {
         code: f'metricsclient_http_requests_total{{client="federate_to",status_code="{code}"}} 1.0'
         for code in ("200", "429")
     }
-    # One accepted upload, one 429 whose Retry-After (minutes) the client is now waiting out.
-    assert sent["200"] in metrics and sent["429"] in metrics
-    assert len(source.requests("/federate")) == 2
+    deadline = time.monotonic() + 20
+    while sent["429"] not in (metrics := httpx.get(f"{base}/metrics").text.splitlines()):
+        assert time.monotonic() < deadline, "no 429 within 20 s"
+        time.sleep(0.2)
+    # One accepted upload, one 429 whose Retry-After (minutes) the client is now waiting out:
+    # over the next four intervals it neither scrapes nor pushes again. (Counting scrapes from
+    # the start would count retries of a slow first push on a busy machine.)
+    assert sent["200"] in metrics
+    scrapes = len(source.requests("/federate"))
+    time.sleep(2)
+    assert len(source.requests("/federate")) == scrapes
+    assert sent["429"] in httpx.get(f"{base}/metrics").text.splitlines()
