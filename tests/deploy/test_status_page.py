@@ -34,7 +34,7 @@ from app.status_page import (
 )
 from app.tokens import InvalidToken
 from app.uploads import reject_reason
-from dev.stack import ServerHandle
+from dev.launch import ServerHandle
 from telemeter.textparse import parse_text
 from tests.support import authorize, encode_upload, upload
 
