@@ -28,8 +28,10 @@ from typing import Any
 from isal import isal_zlib
 
 from telemeter._snapshot import crc32_combine, merge_snapshots, pack_snapshot, unpack_snapshot
+from telemeter.delimited import write_families
 from telemeter.errors import TelemeterError
 from telemeter.exposition import TYPE_NAMES, escape_label_value, format_value
+from telemeter.textparse import family_from_lines
 
 DEFLATE_LEVEL = 1  # ISA-L level 1: several times less CPU than zlib's level 1, same size
 RAW_DEFLATE = -15
@@ -106,7 +108,7 @@ class Merged:
     conflicts: int = 0
 
 
-COUNTER, GAUGE, UNTYPED = 0, 1, 3  # MetricType values
+COUNTER, GAUGE, UNTYPED, HISTOGRAM, GAUGE_HISTOGRAM = 0, 1, 3, 4, 5  # MetricType values
 SIMPLE = (COUNTER, GAUGE, UNTYPED)  # types served together, as untyped when they differ
 # Below this many snapshots one thread merges them all; above, two halves merge in parallel
 # (the compiled merge inflates and copies without the GIL).
@@ -165,6 +167,18 @@ def write_plain(merged: Merged) -> Iterator[bytes | memoryview]:
         yield _type_line(name, kind)
         for text in texts:
             yield memoryview(text)
+
+
+def write_protobuf(merged: Merged) -> bytes:
+    """The merged families as delimited protobuf, built from each family's name, type and
+    lines (no text exposition written and parsed back). Raises InvalidPayload when a stored
+    text is not made of sample lines. A gauge histogram is answered as a histogram, as in text."""
+    return write_families(
+        family_from_lines(
+            name, HISTOGRAM if kind == GAUGE_HISTOGRAM else kind, b"".join(map(bytes, texts))
+        )
+        for name, (kind, texts) in merged.families.items()
+    )
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
