@@ -31,7 +31,7 @@ COPY dev/__init__.py dev/authorization_server.py ./dev/
 # The wheel is built without pip's build isolation, so its build requirements are pinned too:
 # Cython by constraints.txt, setuptools and wheel here (pip freeze leaves those two out).
 # The runtime virtualenv gets no pip of its own: the build venv's pip installs into it. The last
-# line checks, outside /src (-I), that the installed wheel carries the compiled pass.
+# line checks, outside /src (-I), that the installed wheel carries the compiled modules.
 RUN python -m venv /opt/build \
  && /opt/build/bin/pip install --constraint constraints.txt \
       setuptools==84.2.1 wheel==0.48.0 Cython \
@@ -39,7 +39,7 @@ RUN python -m venv /opt/build \
  && python -m venv --without-pip /opt/telemeter \
  && /opt/build/bin/pip --python /opt/telemeter/bin/python install \
       --constraint constraints.txt /dist/telemeter-*.whl \
- && /opt/telemeter/bin/python -I -c "import telemeter._fastpass"
+ && /opt/telemeter/bin/python -I -c "import telemeter._fastpass, telemeter._snapshot, telemeter._remotewrite"
 
 FROM ${PYTHON_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

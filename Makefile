@@ -28,4 +28,4 @@ bench: bootstrap
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf build *.egg-info telemeter/*.c telemeter/*.so .mypy_cache .ruff_cache .pytest_cache
+	rm -rf build *.egg-info telemeter/_*.c telemeter/*.so .mypy_cache .ruff_cache .pytest_cache

@@ -33,9 +33,15 @@ setup(
     },
     ext_modules=cythonize(
         [
+            # The growable buffer and the text writers, shared through _buffer.pxd; the upload
+            # pass; stored snapshots (their layout in _snapshot.pxd) and their merge.
+            Extension(f"telemeter.{name}", [f"telemeter/{name}.pyx"], extra_compile_args=["-O3"])
+            for name in ("_buffer", "_fastpass")
+        ]
+        + [
             Extension(
-                "telemeter._fastpass",
-                ["telemeter/_fastpass.pyx"],
+                "telemeter._snapshot",
+                ["telemeter/_snapshot.pyx"],
                 extra_compile_args=["-O3"],
                 libraries=["deflate"],  # libdeflate (Debian: libdeflate-dev)
             ),

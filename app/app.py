@@ -47,9 +47,7 @@ from app.uploads import (
     bearer,
     media_type,
 )
-from telemeter.delimited import write_families
 from telemeter.exposition import TEXT_CONTENT_TYPE
-from telemeter.textparse import parse_text
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +223,7 @@ def create_internal_app(rt: Runtime) -> FastAPI:
     async def federate(request: Request) -> Response:
         merged = await _merged(rt)
         if _wants_protobuf(request):
-            text = b"".join(snapshot.write_plain(merged))
-            return Response(write_families(parse_text(text)), media_type=DELIMITED_CONTENT_TYPE)
+            return Response(snapshot.write_protobuf(merged), media_type=DELIMITED_CONTENT_TYPE)
         if _accepts_gzip(request):
             return StreamingResponse(
                 _stream(snapshot.write_gzip(merged)),

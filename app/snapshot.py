@@ -7,15 +7,11 @@ for the standard payload). One stream per cluster compresses about twice as well
 independent segment per family, because the label sets repeat across families.
 
 `/federate` inflates each snapshot once (libdeflate, exact size known), appends each family's
-text to that family's buffer (compiled, `_fastpass.merge_snapshots`), and writes every family
+text to that family's buffer (compiled, `_snapshot.merge_snapshots`), and writes every family
 once under its ``# TYPE`` line: plain, or compressed as one gzip member by ISA-L as it is sent.
 
-Layout of the stored value (integers big-endian)::
-
-    b"TM3" | push time ms (u64) | series (u32) | raw length (u32) | deflate length (u32)
-          | raw deflate of RAW
-    RAW = family count (u16) | per family: type (u8) | name length (u16) | name | text length (u32)
-          | the family texts, in table order
+The layout of the stored value is defined once, in telemeter/_snapshot.pxd; the compiled module
+packs, unpacks and merges it, and nothing here knows where a field is.
 """
 
 from __future__ import annotations
@@ -31,15 +27,12 @@ from typing import Any
 
 from isal import isal_zlib
 
-from telemeter._fastpass import crc32_combine, inflate, merge_snapshots, pack_families
+from telemeter._snapshot import crc32_combine, merge_snapshots, pack_snapshot, unpack_snapshot
+from telemeter.delimited import write_families
 from telemeter.errors import TelemeterError
 from telemeter.exposition import TYPE_NAMES, escape_label_value, format_value
+from telemeter.textparse import family_from_lines
 
-MAGIC = b"TM3"
-_HEAD = struct.Struct(">3sQIII")
-_COUNT = struct.Struct(">H")
-_FAMILY = struct.Struct(">BH")
-_TEXT = struct.Struct(">I")
 DEFLATE_LEVEL = 1  # ISA-L level 1: several times less CPU than zlib's level 1, same size
 RAW_DEFLATE = -15
 # A stored snapshot never inflates to more than this (uploads are capped far below it).
@@ -84,41 +77,20 @@ def _sample(now_ms: int) -> str:
 
 def encode(push_time_ms: int, series: int, families: Iterable[tuple[str, int, bytes]]) -> bytes:
     """Build a stored snapshot from (name, type, sample lines) tuples."""
-    raw = pack_families(list(families))
-    compressed = isal_zlib.compress(raw, DEFLATE_LEVEL, RAW_DEFLATE)
-    return _HEAD.pack(MAGIC, push_time_ms, series, len(raw), len(compressed)) + compressed
+    return pack_snapshot(push_time_ms, series, list(families), _compress)
+
+
+def _compress(raw: bytes) -> bytes:
+    return isal_zlib.compress(raw, DEFLATE_LEVEL, RAW_DEFLATE)
 
 
 def decode(value: bytes) -> Snapshot:
     """Split a stored snapshot into its families."""
     try:
-        magic, push_time_ms, series, size, compressed = _HEAD.unpack_from(value, 0)
-        if magic != MAGIC:
-            raise CorruptSnapshot("not a telemeter snapshot")
-        if _HEAD.size + compressed != len(value):
-            raise CorruptSnapshot("truncated snapshot, or trailing bytes")
-        if size > MAX_RAW:
-            raise CorruptSnapshot("snapshot larger than the limit")
-        raw = inflate(value, _HEAD.size, size)
-        (count,) = _COUNT.unpack_from(raw, 0)
-        pos = _COUNT.size
-        table: list[tuple[str, int, int]] = []
-        for _ in range(count):
-            kind, name_len = _FAMILY.unpack_from(raw, pos)
-            pos += _FAMILY.size
-            name = raw[pos : pos + name_len].decode()
-            (text_len,) = _TEXT.unpack_from(raw, pos + name_len)
-            pos += name_len + _TEXT.size
-            table.append((name, kind, text_len))
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        push_time_ms, series, families = unpack_snapshot(value, MAX_RAW)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CorruptSnapshot(str(exc)) from exc
-    out: list[Family] = []
-    for name, kind, text_len in table:
-        out.append(Family(name, kind, raw[pos : pos + text_len]))
-        pos += text_len
-    if pos != len(raw):
-        raise CorruptSnapshot("the family table does not match the texts")
-    return Snapshot(push_time_ms, series, out)
+    return Snapshot(push_time_ms, series, [Family(*family) for family in families])
 
 
 @dataclass(slots=True)
@@ -126,7 +98,7 @@ class Merged:
     """Snapshots grouped per family, ready to be written as one exposition.
 
     ``families`` maps a name to ``[kind, texts]``: the family's lines from every cluster, in a
-    few buffers (`_fastpass.FamilyText`, one per type and per half of the snapshots).
+    few buffers (`_snapshot.FamilyText`, one per type and per half of the snapshots).
     """
 
     families: dict[str, list[Any]] = field(default_factory=dict)
@@ -136,7 +108,7 @@ class Merged:
     conflicts: int = 0
 
 
-COUNTER, GAUGE, UNTYPED = 0, 1, 3  # MetricType values
+COUNTER, GAUGE, UNTYPED, HISTOGRAM, GAUGE_HISTOGRAM = 0, 1, 3, 4, 5  # MetricType values
 SIMPLE = (COUNTER, GAUGE, UNTYPED)  # types served together, as untyped when they differ
 # Below this many snapshots one thread merges them all; above, two halves merge in parallel
 # (the compiled merge inflates and copies without the GIL).
@@ -147,7 +119,7 @@ _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
 def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
     """Group the families of many stored snapshots by name, so each name is written once.
 
-    Runs compiled (`_fastpass.merge_snapshots`), with no Python work per family per cluster; the
+    Runs compiled (`_snapshot.merge_snapshots`), with no Python work per family per cluster; the
     second half of the snapshots is merged on a worker thread meanwhile. Snapshots pushed before
     ``oldest_ms`` are left out; values that do not parse are counted in ``corrupt``. When clusters
     disagree on a family's type, the type seen first decides: if it is a counter, gauge or
@@ -156,11 +128,11 @@ def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
     exposition would not be valid with both).
     """
     if len(values) < PARALLEL_MIN:
-        parts = [merge_snapshots(values, oldest_ms, MAGIC, MAX_RAW)]
+        parts = [merge_snapshots(values, oldest_ms, MAX_RAW)]
     else:
         half = len(values) // 2
-        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAGIC, MAX_RAW)
-        parts = [merge_snapshots(values[:half], oldest_ms, MAGIC, MAX_RAW), second.result()]
+        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAX_RAW)
+        parts = [merge_snapshots(values[:half], oldest_ms, MAX_RAW), second.result()]
     merged = Merged()
     grouped: dict[str, list[Any]] = {}  # name -> [first kind, texts per kind]
     for families, clusters, series, corrupt in parts:
@@ -195,6 +167,18 @@ def write_plain(merged: Merged) -> Iterator[bytes | memoryview]:
         yield _type_line(name, kind)
         for text in texts:
             yield memoryview(text)
+
+
+def write_protobuf(merged: Merged) -> bytes:
+    """The merged families as delimited protobuf, built from each family's name, type and
+    lines (no text exposition written and parsed back). Raises InvalidPayload when a stored
+    text is not made of sample lines. A gauge histogram is answered as a histogram, as in text."""
+    return write_families(
+        family_from_lines(
+            name, HISTOGRAM if kind == GAUGE_HISTOGRAM else kind, b"".join(map(bytes, texts))
+        )
+        for name, (kind, texts) in merged.families.items()
+    )
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS

@@ -26,8 +26,8 @@ import redis
 
 from app import keys
 from client.benchmark import BenchmarkConfig, Summary, run_benchmark
+from dev.launch import ServerHandle, start_server, write_signing_key
 from dev.redis_cluster import LocalRedisCluster
-from dev.stack import ServerHandle, start_server, write_signing_key
 
 STANDARD_PAYLOAD = (
     Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ from bench.common import (
     rss_bytes,
     stack,
 )
-from dev.stack import ServerHandle
+from dev.launch import ServerHandle
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from bench.common import RING_ARGS, Stack, fill, load, load_config, machine_description, out, stack
 from bench.federate import fetch
+from dev.launch import KEEP_ALL, ServerHandle
 from dev.ports import free_ports
 from dev.processes import ManagedProcess
-from dev.stack import KEEP_ALL, ServerHandle
 
 SERIES_PER_UPLOAD = 232
 TOP = 15

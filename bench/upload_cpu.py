@@ -33,7 +33,7 @@ from bench.common import (
     stack,
     yardstick_ms,
 )
-from dev.stack import ServerHandle
+from dev.launch import ServerHandle
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from bench.common import (
     stack,
 )
 from client.benchmark import Summary, run_benchmark
-from dev.stack import ServerHandle
+from dev.launch import ServerHandle
 
 
 @dataclass(frozen=True)

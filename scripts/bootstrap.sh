@@ -33,7 +33,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ constraints.txt -nt "$stamp" ] || [ -n "$(find telemeter -name "*.pyx" -newer "$stamp")" ]; then
+   || [ constraints.txt -nt "$stamp" ] \
+   || [ -n "$(find telemeter \( -name '*.pyx' -o -name '*.pxd' \) -newer "$stamp")" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -c constraints.txt -e '.[dev]'
   touch "$stamp"

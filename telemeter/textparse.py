@@ -6,11 +6,16 @@ back into the protobuf data model: ms timestamps, ``_bucket``/``_sum``/``_count`
 samples regrouped into Summary and Histogram messages, label order kept as written.
 prometheus_client's errors are translated here, once, into
 :class:`~telemeter.errors.InvalidPayload`.
+
+`family_from_lines` reads the one form the upload pass writes (sample lines only, name and type
+known): the protobuf `/federate` answer is built with it from the stored family texts.
 """
 
 import logging
 import math
 import re
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from prometheus_client.metrics_core import Metric as ClientFamily
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +24,7 @@ from prometheus_client.samples import Timestamp
 from telemeter import metrics_pb2
 from telemeter.errors import InvalidPayload
 
-__all__ = ["parse_text"]
+__all__ = ["family_from_lines", "parse_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +95,10 @@ def _timestamp_ms(seconds: float | Timestamp | None) -> int | None:
     return None if seconds is None else round(float(seconds) * 1000)
 
 
-def _new_metric(labels: _Labels, timestamp: float | Timestamp | None) -> metrics_pb2.Metric:
+def _new_metric(labels: _Labels, ms: int | None) -> metrics_pb2.Metric:
     metric = metrics_pb2.Metric()
     for name, value in labels.items():
         metric.label.add(name=name, value=value)
-    ms = _timestamp_ms(timestamp)
     if ms is not None:
         metric.timestamp_ms = ms
     return metric
@@ -104,29 +108,82 @@ def _to_family(parsed: ClientFamily, counter_names: list[str]) -> metrics_pb2.Me
     kind = _TYPES.get(parsed.type)
     if kind is None:
         raise InvalidPayload(f"text: type {parsed.type!r} of {parsed.name} is not in format 0.0.4")
-    family = metrics_pb2.MetricFamily(type=kind)
+    samples = [
+        _Sample(s.name, s.labels, float(s.value), _timestamp_ms(s.timestamp))
+        for s in parsed.samples
+    ]
+    if kind == metrics_pb2.SUMMARY or kind == metrics_pb2.HISTOGRAM:
+        name = parsed.name
+    elif kind == metrics_pb2.COUNTER:
+        name = _counter_name(parsed, counter_names)
+    else:
+        name = parsed.samples[0].name
+    family = _family(name, kind, samples)
     if parsed.documentation:
         family.help = parsed.documentation
+    return family
+
+
+class _Sample(NamedTuple):
+    name: str
+    labels: _Labels
+    value: float
+    timestamp_ms: int | None
+
+
+def _family(name: str, kind: int, samples: Iterable[_Sample]) -> metrics_pb2.MetricFamily:
+    """A MetricFamily of the given name and type from its samples."""
+    family = metrics_pb2.MetricFamily(name=name, type=metrics_pb2.MetricType.Name(kind))
     if kind == metrics_pb2.SUMMARY or kind == metrics_pb2.HISTOGRAM:
-        family.name = parsed.name
-        family.metric.extend(_grouped_metrics(parsed, kind))
+        family.metric.extend(_grouped_metrics(name, samples, kind))
         return family
-    family.name = (
-        _counter_name(parsed, counter_names)
-        if kind == metrics_pb2.COUNTER
-        else parsed.samples[0].name
-    )
-    for sample in parsed.samples:
-        metric = _new_metric(sample.labels, sample.timestamp)
-        value = float(sample.value)
+    for sample in samples:
+        metric = _new_metric(sample.labels, sample.timestamp_ms)
         if kind == metrics_pb2.COUNTER:
-            metric.counter.value = value
+            metric.counter.value = sample.value
         elif kind == metrics_pb2.GAUGE:
-            metric.gauge.value = value
+            metric.gauge.value = sample.value
         else:
-            metric.untyped.value = value
+            metric.untyped.value = sample.value
         family.metric.append(metric)
     return family
+
+
+# A sample line as the upload pass renders it (telemeter.exposition): name, labels (values
+# escaped), value, timestamp in ms; nothing else, no comments.
+_LINE = re.compile(
+    r'([^{\s]+)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*)\})? (\S+) (-?[0-9]+)'
+)
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def family_from_lines(name: str, kind: int, lines: bytes) -> metrics_pb2.MetricFamily:
+    """A MetricFamily from sample lines as the upload pass renders them (a stored snapshot's
+    family text), its name and type given: the protobuf `/federate` answer is built from the
+    merged texts with no ``# TYPE`` line written and parsed back. Raises InvalidPayload when a
+    line is not of that form."""
+    samples: list[_Sample] = []
+    # Split on newlines only: a label value may hold other line separators (U+2028, ...).
+    for line in lines.decode().split("\n"):
+        if not line:
+            continue
+        match = _LINE.fullmatch(line)
+        if match is None:
+            raise InvalidPayload(f"text: not a sample line: {line[:100]!r}")
+        sample_name, labels, value, ms = match.groups()
+        pairs = {k: _unescape(v) for k, v in _LABEL.findall(labels)} if labels else {}
+        samples.append(_Sample(sample_name, pairs, float(value), int(ms)))
+    try:
+        return _family(name, kind, samples)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidPayload(f"text: {exc}"[:200]) from None
 
 
 def _uint_count(value: float) -> int | None:
@@ -136,7 +193,7 @@ def _uint_count(value: float) -> int | None:
     return None
 
 
-def _grouped_metrics(parsed: ClientFamily, kind: int) -> list[metrics_pb2.Metric]:
+def _grouped_metrics(name: str, samples: Iterable[_Sample], kind: int) -> list[metrics_pb2.Metric]:
     """Regroup the samples of a summary or histogram into one Metric per label set.
 
     The ``quantile`` / ``le`` label moves into the Quantile / Bucket; the other labels identify
@@ -144,15 +201,15 @@ def _grouped_metrics(parsed: ClientFamily, kind: int) -> list[metrics_pb2.Metric
     """
     special = "quantile" if kind == metrics_pb2.SUMMARY else "le"
     metrics: dict[frozenset[tuple[str, str]], metrics_pb2.Metric] = {}
-    for sample in parsed.samples:
+    for sample in samples:
         labels = dict(sample.labels)
         bound = labels.pop(special, None)
         key = frozenset(labels.items())
         metric = metrics.get(key)
         if metric is None:
-            metric = metrics[key] = _new_metric(labels, sample.timestamp)
-        suffix = sample.name[len(parsed.name) :]
-        value = float(sample.value)
+            metric = metrics[key] = _new_metric(labels, sample.timestamp_ms)
+        suffix = sample.name[len(name) :]
+        value = sample.value
         if kind == metrics_pb2.SUMMARY:
             _add_summary_sample(metric.summary, suffix, bound, value)
         else:

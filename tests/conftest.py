@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from dev.launch import ServerHandle, start_server, write_signing_key
 from dev.redis_cluster import LocalRedisCluster
-from dev.stack import ServerHandle, start_server, write_signing_key
 from telemeter.addresses import parse_redis_url
 
 REDIS_URL_ENV = "TELEMETER_TEST_REDIS_URL"

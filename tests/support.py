@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dev.stack import ServerHandle
+from dev.launch import ServerHandle
 from telemeter import metrics_pb2, snappy
 from telemeter.delimited import write_families
 from telemeter.textparse import parse_text

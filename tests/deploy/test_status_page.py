@@ -32,7 +32,7 @@ from app.status_page import (
     rejects_by_reason,
     render_status,
 )
-from dev.stack import ServerHandle
+from dev.launch import ServerHandle
 from telemeter.textparse import parse_text
 from tests.support import authorize, encode_upload, upload
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from client.forwarder import DELIMITED_CONTENT_TYPE, SCRAPE_ACCEPT
+from dev.launch import ServerHandle
 from dev.ports import free_ports
 from dev.processes import ManagedProcess
-from dev.stack import ServerHandle
 from telemeter.transforms import anonymize
 from tests.support import federate, series_of
 from tests.unit.client.recorder import Recorder, text_reply

@@ -21,10 +21,10 @@ import cramjam
 import httpx
 import pytest
 
+from dev.launch import ServerHandle, start_server
 from dev.ports import free_port
 from dev.processes import ManagedProcess
 from dev.prometheus import PrometheusHandle, find_prometheus, query, start_receiver
-from dev.stack import ServerHandle, start_server
 from telemeter import remotewrite
 from tests.conftest import RedisClusterHandle
 from tests.integration.test_faults import FAST_ARGS, authorize_at, seq_body, wait_for

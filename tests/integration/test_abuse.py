@@ -37,8 +37,8 @@ from starlette.routing import Route
 from app import keys, snapshot
 from app.tokens import AUDIENCES, ISSUER, LABELS_CLAIM, TokenIssuer, load_signing_key
 from app.tokens import generate_signing_key as other_key
+from dev.launch import ServerHandle, start_authorization_server, start_server
 from dev.ports import free_port
-from dev.stack import ServerHandle, start_authorization_server, start_server
 from telemeter import metrics_pb2, snappy
 from telemeter.delimited import write_families
 from tests.conftest import RedisClusterHandle

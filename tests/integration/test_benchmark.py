@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from client.benchmark import BenchmarkConfig, PayloadPool, Summary, run_benchmark
+from dev.launch import ServerHandle, start_server
 from dev.ports import free_port
-from dev.stack import ServerHandle, start_server
 from telemeter import snappy
 from telemeter.delimited import read_families
 from telemeter.textparse import parse_text

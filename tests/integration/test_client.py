@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dev.launch import ServerHandle
 from dev.ports import free_port
 from dev.processes import ManagedProcess
-from dev.stack import ServerHandle
 from telemeter.transforms import anonymize
 from tests.support import federate, series_of
 from tests.unit.client.recorder import Recorder, text_reply

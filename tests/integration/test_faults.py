@@ -27,8 +27,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from app import keys, snapshot
+from dev.launch import ServerHandle, start_server
 from dev.redis_cluster import LocalRedisCluster
-from dev.stack import ServerHandle, start_server
 from telemeter import metrics_pb2
 from tests.conftest import RedisClusterHandle, require_redis_server
 from tests.support import UPLOAD_HEADERS, encode_upload

@@ -15,7 +15,7 @@ import cramjam
 import httpx
 import pytest
 
-from dev.stack import ServerHandle, start_server
+from dev.launch import ServerHandle, start_server
 from telemeter import remotewrite
 from tests.conftest import RedisClusterHandle
 from tests.e2e.test_forward import FORWARD_ARGS, ScriptedReceiver, serve_scripted

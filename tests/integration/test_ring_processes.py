@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app import keys
-from dev.stack import ServerHandle
+from dev.launch import ServerHandle
 from telemeter import metrics_pb2
 from tests.support import UPLOAD_HEADERS, authorize, encode_upload, federate
 

@@ -20,7 +20,7 @@ from redis.crc import key_slot
 
 from app import keys
 from app.tokens import TokenIssuer, generate_signing_key
-from dev.stack import ServerHandle, start_server
+from dev.launch import ServerHandle, start_server
 from telemeter import metrics_pb2, snappy
 from telemeter.delimited import read_families, write_families
 from tests.conftest import RedisClusterHandle
@@ -341,7 +341,7 @@ def test_every_key_of_a_cluster_carries_its_hash_tag(
     redis_cluster: RedisClusterHandle,
     tmp_path: Path,
 ) -> None:
-    from dev.stack import start_authorization_server
+    from dev.launch import start_authorization_server
 
     stand_in, url = start_authorization_server(workdir=tmp_path, tokens=["good"])
     try:

@@ -6,6 +6,7 @@ import gzip
 import random
 import zlib
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,10 @@ from hypothesis import strategies as st
 
 from app import snapshot
 from telemeter import metrics_pb2
+from telemeter.delimited import read_families, write_families
+from telemeter.selectors import Whitelist
+from telemeter.textparse import parse_text
+from telemeter.upload import PassConfig, process
 
 GAUGE, COUNTER, SUMMARY, HISTOGRAM = (
     metrics_pb2.GAUGE,
@@ -265,4 +270,51 @@ def test_push_time_series_as_go_writes_it() -> None:
         )
     assert snapshot.push_time_lines("cluster", "c2", 1764072001000) == (
         b'telemeter_push_time_seconds{cluster="c2"} 1.764072001e+09 1764072001000\n'
+    )
+
+
+def _uploaded(cluster: str, text: str, now: int) -> bytes:
+    """A stored snapshot of a text exposition, rendered by the upload pass as at upload."""
+    families = parse_text(text)
+    for family in families:
+        for metric in family.metric:
+            metric.timestamp_ms = now
+    config = PassConfig(whitelist=Whitelist.from_strings(['{__name__=~".+"}']), token_labels=())
+    config = replace(config, extra_labels=(("_id", cluster),))
+    result = process(write_families(families), config, now_ms=now, min_timestamp_ms=0)
+    return snapshot.encode(now, result.kept, result.families)
+
+
+PROTOBUF_TEXT = """# TYPE http_requests_total counter
+http_requests_total{code="200",path="/a\\\\b"} 1027
+http_requests_total{code="500",path="q\\"uote\\nline \u2028sep"} 3
+# TYPE temp gauge
+temp 21.5
+temp{where="out"} NaN
+# TYPE rpc summary
+rpc{quantile="0.5"} 0.25
+rpc{quantile="0.99"} +Inf
+rpc_sum 1.5e+06
+rpc_count 7
+# TYPE lat histogram
+lat_bucket{le="0.1"} 1
+lat_bucket{le="+Inf"} 3
+lat_sum -0
+lat_count 3
+# TYPE plain untyped
+plain{a="1"} -1e-07
+"""
+
+
+def test_protobuf_answer_is_the_text_answer_parsed() -> None:
+    values = [
+        _uploaded("c1", PROTOBUF_TEXT, 5000),
+        _uploaded("c2", PROTOBUF_TEXT.replace("temp gauge", "temp counter"), 6000),
+    ]
+    merged = snapshot.merge(values)
+    assert snapshot.write_protobuf(merged) == write_families(
+        parse_text(b"".join(snapshot.write_plain(merged)))
+    )
+    assert read_families(snapshot.write_protobuf(merged), max_families=100)[0].name == (
+        "http_requests_total"
     )

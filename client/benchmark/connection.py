@@ -1,0 +1,142 @@
+"""A minimal HTTP/1.1 client over asyncio streams, with keep-alive (one connection per worker
+and endpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from client.benchmark.config import MAX_BODY_BYTES, MAX_HEAD_BYTES
+
+
+class HTTPError(Exception):
+    """The server's answer could not be read as HTTP."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    path: str  # path plus query, as sent on the request line
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(parts.scheme, parts.hostname, port, path)
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+
+
+class Connection:
+    """One keep-alive connection to one endpoint's host, re-opened when the server closed it."""
+
+    def __init__(self, endpoint: Endpoint, ssl_context: ssl.SSLContext | None) -> None:
+        self.endpoint = endpoint
+        self.ssl_context = ssl_context
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> _Answer:
+        """Send one request and read the whole answer; one retry if a reused socket was dead."""
+        reused = self._writer is not None and not self._reader_done()
+        if not reused:
+            await self._open()
+        try:
+            return await self._exchange(method, path, headers, body)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.close()
+            if not reused:
+                raise
+        # A keep-alive connection the server had already closed: one fresh try, as browsers do.
+        await self._open()
+        return await self._exchange(method, path, headers, body)
+
+    def _reader_done(self) -> bool:
+        return self._reader is None or self._reader.at_eof()
+
+    async def _open(self) -> None:
+        self.close()
+        ep = self.endpoint
+        context = self.ssl_context if ep.scheme == "https" else None
+        self._reader, self._writer = await asyncio.open_connection(
+            ep.host, ep.port, ssl=context, limit=MAX_HEAD_BYTES
+        )
+
+    async def _exchange(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> _Answer:
+        assert self._reader is not None and self._writer is not None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.endpoint.host_header}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        await self._writer.drain()
+        try:
+            head = await self._reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError as exc:
+            raise HTTPError("answer headers too long") from exc
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+            raise HTTPError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+        fields: dict[str, str] = {}
+        for line in header_lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                fields[name.strip().lower()] = value.strip()
+        answer = await self._read_body(fields)
+        if fields.get("connection", "").lower() == "close" or version == "HTTP/1.0":
+            self.close()
+        return _Answer(int(rest[:3]), answer)
+
+    async def _read_body(self, fields: Mapping[str, str]) -> bytes:
+        assert self._reader is not None
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            parts: list[bytes] = []
+            while True:
+                size_line = await self._reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size > MAX_BODY_BYTES:
+                    raise HTTPError("answer chunk too large")
+                if size == 0:
+                    while (await self._reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass  # trailer fields
+                    return b"".join(parts)
+                parts.append(await self._reader.readexactly(size))
+                await self._reader.readexactly(2)
+        length = fields.get("content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                raise HTTPError(f"bad Content-Length {length[:20]!r}")
+            return await self._reader.readexactly(int(length))
+        data = await self._reader.read(MAX_BODY_BYTES)  # no length: the body ends with the socket
+        self.close()
+        return data
+
+    def close(self) -> None:
+        """Close the socket (a later request opens a new one)."""
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
