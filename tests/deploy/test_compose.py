@@ -4,7 +4,8 @@ The file is validated against the Compose specification (check-jsonschema's vend
 every telemeter command line in it is parsed by the real argument parsers (and the server's and
 client's settings are built from them, with the files they name read from compose/), so a
 renamed flag breaks this test rather than someone's deployment. The Prometheus it runs is the
-documented scrape configuration, checked by promtool; the Redis nodes' command lines and the
+documented scrape configuration, checked by promtool, and the servers forward by remote write to
+the receiver Prometheus it runs; the Redis nodes' command lines and the
 cluster-forming script are run for real against local redis-server processes.
 """
 
@@ -289,6 +290,35 @@ def test_prometheus_runs_the_documented_scrape_configuration(compose: dict[str, 
     assert jobs[FEDERATE_JOB] == next(j for j in documented if j["job_name"] == FEDERATE_JOB)
     scraped = {t for c in jobs[SERVER_JOB]["static_configs"] for t in c["targets"]}
     assert scraped == set(targets)
+    promtool = _tool("promtool", "the Debian package prometheus")
+    run = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_servers_forward_to_the_remote_write_receiver(compose: dict[str, Any]) -> None:
+    receiver = compose["services"]["receiver"]
+    args = receiver["command"]
+    assert "--web.enable-remote-write-receiver" in args, "Prometheus answers /api/v1/write 404"
+    assert "--web.listen-address" not in " ".join(args)  # so it listens on Prometheus's 9090
+    assert receiver["image"] == compose["services"]["prometheus"]["image"]
+    assert receiver["networks"] == ["telemeter"]
+    servers = _services(compose, "telemeter-server")
+    for name, service in servers.items():
+        s = _parse_server(compose, service)
+        assert s.forward_url is not None, f"{name} does not forward"
+        target = urlsplit(s.forward_url)
+        assert (target.scheme, target.hostname, target.port) == ("http", "receiver", 9090), name
+        assert target.path == "/api/v1/write", "Prometheus's remote-write receiver path"
+        assert service["depends_on"]["receiver"] == {"condition": "service_started"}
+    (config,) = [a.split("=", 1)[1] for a in args if a.startswith("--config.file=")]
+    config_file = _host_path(compose, receiver, config)
+    assert yaml.safe_load(config_file.read_text())["scrape_configs"] == []
     promtool = _tool("promtool", "the Debian package prometheus")
     run = subprocess.run(
         [promtool, "check", "config", "--syntax-only", str(config_file)],

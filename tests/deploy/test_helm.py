@@ -1,7 +1,8 @@
 """helm/telemeter: linted and rendered by the real Helm library (helm-python-sdk, Helm v4).
 
-Rendered with the default values and with non-default ones (three replicas and an HPA,
-ServiceMonitors, existing Secrets, the optional client), every core manifest is validated
+Rendered with the default values, with non-default ones (three replicas and an HPA,
+ServiceMonitors, existing Secrets, the optional client) and with remote write forwarding on
+(every option, and the URL alone), every core manifest is validated
 against the Kubernetes schemas (kubernetes-validate) of the oldest supported and the newest
 Kubernetes. The Deployments are checked against the real programs: their command lines are
 parsed by the server's and client's argument parsers, their env vars must be server settings,
@@ -86,7 +87,33 @@ NON_DEFAULT: dict[str, Any] = {
         "anonymizeSalt": "salt",
     },
 }
-VALUES = {"default": None, "non-default": NON_DEFAULT}
+# Remote write with every option: Mimir behind TLS with a client certificate and OAuth2.
+FORWARDING: dict[str, Any] = {
+    "forward": {
+        "url": "https://mimir.example.com/api/v1/push",
+        "tenantId": "telemeter",
+        "tenantHeader": "X-Scope-OrgID",
+        "queueLimit": 2000,
+        "maxAge": "30m",
+        "caSecret": "receiver-ca",
+        "caSecretKey": "bundle.pem",
+        "clientCertSecret": "telemeter-forward-tls",
+        "oidc": {
+            "issuer": "https://sso.example.com/auth/realms/telemeter",
+            "audience": "observatorium",
+            "clientId": "telemeter-server",
+            "clientSecret": {"existingSecret": "telemeter-oidc", "existingSecretKey": "secret"},
+        },
+    },
+}
+VALUES = {
+    "default": None,
+    "non-default": NON_DEFAULT,
+    "forwarding": FORWARDING,
+    "forward-url-only": {"forward": {"url": "http://thanos-receive:19291/api/v1/receive"}},
+}
+# The server flags of remote write: none of them is rendered while forward.url is empty.
+FORWARD_FLAGS = ("--forward-", "--tenant-", "--oidc-", "--client-")
 
 
 @cache
@@ -296,6 +323,64 @@ def test_services_pdb_and_network_policy_select_the_server_pods(which: str) -> N
     }
 
 
+# ----- remote write -----------------------------------------------------------------------------
+
+
+def _secret_file(deployment: dict[str, Any], path: Path | None) -> tuple[str, str]:
+    """The (Secret, key) a file named by a flag comes from, through the pod's volume mounts."""
+    assert path is not None
+    pod = deployment["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in _container(deployment)["volumeMounts"]}
+    mount = mounts[str(path.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    (key,) = [i["key"] for i in volume["secret"]["items"] if i["path"] == path.name]
+    return volume["secret"]["secretName"], key
+
+
+@pytest.mark.parametrize("which", ["default", "non-default"])
+def test_forwarding_is_off_unless_a_url_is_given(which: str) -> None:
+    deployment = _one(which, "Deployment", FULLNAME)
+    container = _container(deployment)
+    assert not [a for a in container["args"] if a.startswith(FORWARD_FLAGS)]
+    assert _server_settings(container).forward_url is None
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {v["name"] for v in volumes} == {"signing-key", "tmp"}
+
+
+def test_forwarding_values_reach_the_server() -> None:
+    deployment = _one("forwarding", "Deployment", FULLNAME)
+    s = _server_settings(_container(deployment))
+    forward = FORWARDING["forward"]
+    oidc = forward["oidc"]
+    assert s.forward_url == forward["url"]
+    assert (s.tenant_id, s.tenant_header) == ("telemeter", "X-Scope-OrgID")
+    assert (s.forward_queue_limit, s.forward_max_age) == (2000, 1800.0)
+    assert (s.oidc_issuer, s.oidc_audience, s.client_id) == (
+        oidc["issuer"], oidc["audience"], oidc["clientId"]
+    )  # fmt: skip
+    assert s.client_secret is None, "the client secret is never on the command line"
+    assert _secret_file(deployment, s.client_secret_file) == ("telemeter-oidc", "secret")
+    assert _secret_file(deployment, s.forward_ca_file) == ("receiver-ca", "bundle.pem")
+    assert _secret_file(deployment, s.forward_client_crt) == ("telemeter-forward-tls", "tls.crt")
+    assert _secret_file(deployment, s.forward_client_key) == ("telemeter-forward-tls", "tls.key")
+
+
+def test_forwarding_with_only_a_url_keeps_the_server_defaults() -> None:
+    deployment = _one("forward-url-only", "Deployment", FULLNAME)
+    container = _container(deployment)
+    flags = [a for a in container["args"] if a.startswith(FORWARD_FLAGS)]
+    assert flags == ["--forward-url=http://thanos-receive:19291/api/v1/receive"]
+    s = _server_settings(container)
+    assert (s.tenant_id, s.tenant_header) == (None, "THANOS-TENANT")  # a tenant per cluster
+    defaults = ServerSettings(name="defaults")
+    assert (s.forward_queue_limit, s.forward_max_age) == (
+        defaults.forward_queue_limit, defaults.forward_max_age
+    )  # fmt: skip
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {v["name"] for v in volumes} == {"signing-key", "tmp"}
+
+
 # ----- ServiceMonitors: the recommended scrape configuration -----------------------------------
 
 
@@ -377,6 +462,14 @@ def test_client_deployment_parses_and_pushes_to_the_release() -> None:
         ({"server": {"terminationGracePeriodSeconds": 12}}, "ring leases"),
         ({"server": {"ring": {"heartbeatSeconds": 4, "leaseSeconds": 6}}}, "twice"),
         ({"client": {"enabled": True, "from": "http://p:9090", "token": "t"}}, "client.id"),
+        ({"forward": {"url": "thanos-receive:19291/api/v1/receive"}}, "forward/url"),
+        ({"forward": {"url": "http://r:9090/api/v1/write", "queueLimit": 0}}, "forward/queueLimit"),
+        ({"forward": {"tenantHeader": "X Scope OrgID"}}, "forward/tenantHeader"),
+        ({"forward": {"maxAge": "an hour"}}, "forward/maxAge"),
+        (
+            {"forward": {"url": "http://r:9090/api/v1/write", "oidc": {"issuer": "https://sso"}}},
+            "clientId",
+        ),
     ],
 )
 def test_values_the_chart_refuses(values: dict[str, Any], error: str) -> None:
