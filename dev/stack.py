@@ -52,6 +52,7 @@ from dev.prometheus import (
     PrometheusHandle,
     find_prometheus,
     start_prometheus,
+    start_receiver,
     wait_for,
 )
 from dev.redis_cluster import LocalRedisCluster
@@ -102,6 +103,8 @@ class StackConfig:
     anonymize_salt: str = "demo"
     elide_label: str = REPLICA_LABEL
     server_args: tuple[str, ...] = ()
+    # A second Prometheus receiving the pods' remote write (--forward-url), as Thanos would.
+    remote_write: bool = True
 
 
 def federated_series(text: str, *, label: str = "_id") -> dict[str, int]:
@@ -125,6 +128,7 @@ class Stack:
         self.servers: dict[str, ServerHandle] = {}
         self.balancer: Balancer | None = None
         self.prometheus: PrometheusHandle | None = None
+        self.receiver: PrometheusHandle | None = None
         self.client: ManagedProcess | None = None
         self.client_url = ""
         self._cleanup = contextlib.ExitStack()
@@ -193,7 +197,14 @@ class Stack:
     def _start_servers(self) -> None:
         cfg = self.config
         key = write_signing_key(self.workdir / "signing.pem")
+        forward: list[str] = []
+        if cfg.remote_write:
+            self.receiver = start_receiver(workdir=self.workdir / "receiver")
+            self._cleanup.callback(self.receiver.process.stop)
+            forward = ["--forward-url", f"{self.receiver.url}/api/v1/write", "--forward-interval",
+                       "0.5s"]  # fmt: skip
         extra = [
+            *forward,
             "--elide-label", cfg.elide_label,
             "--ratelimit", _go_duration(cfg.ratelimit),
             "--ring-heartbeat", _go_duration(cfg.ring_heartbeat),
@@ -289,6 +300,8 @@ class Stack:
         procs = [handle.process for handle in self.pods]
         if self.prometheus is not None:
             procs.append(self.prometheus.process)
+        if self.receiver is not None:
+            procs.append(self.receiver.process)
         if self.client is not None:
             procs.append(self.client)
         return procs
@@ -350,6 +363,8 @@ class Stack:
             f"  Prometheus      {self.prometheus_url}",
             f"  load balancer   {self.balancer.url}   (the client pushes here)",
         ]
+        if self.receiver is not None:
+            lines.append(f"  receiver        {self.receiver.url}   (the pods' remote write)")
         for handle in self.pods:
             lines.append(
                 f"  {handle.name:<15} {handle.external}   internal {handle.internal}/federate"
@@ -377,6 +392,12 @@ class Stack:
         graph = f"{self.prometheus_url}/graph?g0.expr={quote(promql)}&g0.tab=1"
         lines += [
             f"  Prometheus      {count} series of cluster {cid!r}",
+        ]
+        if self.receiver is not None:
+            forwarded = self.receiver.query(f'count({{_id="{cid}"}})')
+            n = forwarded[0]["value"][1] if forwarded else "0"
+            lines.append(f"  receiver        {n} series of cluster {cid!r} (remote write)")
+        lines += [
             f"try:  {promql}",
             f"      {graph}",
         ]

@@ -28,6 +28,7 @@ from dev.prometheus import (
     WATCHDOG_ALERT,
     federate_scrape_config,
     find_prometheus,
+    wait_for,
 )
 from dev.stack import PUSH_TIME_METRIC, Stack, StackConfig, federated_series
 from tests.conftest import REDIS_URL_ENV
@@ -94,6 +95,13 @@ def _pushed_series(stack: Stack) -> int:
 
 def test_cluster_series_arrive(stack: Stack) -> None:
     assert _scalar(stack.query('count({_id="test"})')) > 0
+
+
+def test_the_pushed_series_are_forwarded_to_the_remote_write_receiver(stack: Stack) -> None:
+    assert stack.receiver is not None
+    cid = stack.config.cluster_id
+    result = wait_for(stack.receiver.url, f'count({{_id="{cid}"}})', timeout=60)
+    assert int(result[0]["value"][1]) > 0
 
 
 def test_renamed_metric_arrives_under_its_new_name(stack: Stack) -> None:

@@ -1,0 +1,46 @@
+"""Every Lua script the server runs in Redis, each in one slot (so Redis Cluster can run it).
+
+Key names come from `app.keys`; times are milliseconds unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+# One script per upload: the rate limit is checked and consumed, and the snapshot replaced,
+# atomically in the cluster's slot (docs/architecture.md D2, D3, D8). Returns 0, or the
+# milliseconds to wait when the cluster uploaded less than --ratelimit ago (nothing is written
+# then).
+SAVE_SNAPSHOT = """
+local wait = redis.call('PTTL', KEYS[2])
+if wait > 0 then return wait end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return 0
+"""
+
+SAVE_SNAPSHOT_BYTES = SAVE_SNAPSHOT.encode()
+
+# Queues an upload for remote write in its range's stream, unless the stream holds --forward-
+# queue-limit entries already (then nil: back-pressure, D13). Fields: b the snappy-compressed
+# WriteRequest, u its uncompressed size, t the tenant, n the series, s the samples' time (ms).
+ENQUEUE = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 'u', ARGV[3], 't', ARGV[4], 'n', ARGV[5],
+  's', ARGV[6])
+"""
+
+ENQUEUE_BYTES = ENQUEUE.encode()
+
+# A fixed one-minute window of received remote-write requests per cluster: 0, or the ms left in
+# the window once it holds ARGV[2] requests.
+COUNT_RECEIVE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n > tonumber(ARGV[2]) then return math.max(redis.call('PTTL', KEYS[1]), 1) end
+return 0
+"""
+
+COUNT_FAILURE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
