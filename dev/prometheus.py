@@ -190,28 +190,14 @@ def start_prometheus(
             scrape_interval=scrape_interval,
         )
         config_file.write_text(json.dumps(config, indent=2))
-        argv = [
-            binary,
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address={address}",
-            "--storage.tsdb.retention.time=1d",
-            "--web.enable-lifecycle",
-        ]
-        process = ManagedProcess("prometheus", argv, log_path=workdir / "prometheus.log").start()
-        url = f"http://{address}"
         try:
-            process.wait_http(url + "/-/ready", timeout=30)
+            handle = _launch("prometheus", binary, workdir, config_file, address, LIFECYCLE)
         except (RuntimeError, TimeoutError) as exc:
-            process.stop()
             last_error = exc
             log.warning("prometheus did not start, retrying error=%s", exc)
             continue
-        except BaseException:
-            process.stop()
-            raise
-        log.info("prometheus ready url=%s", url)
-        return PrometheusHandle(process, url)
+        log.info("prometheus ready url=%s", handle.url)
+        return handle
     raise RuntimeError(f"prometheus did not start after {_START_ATTEMPTS} attempts: {last_error}")
 
 
@@ -255,15 +241,26 @@ def start_receiver(
     config_file = workdir / "receiver.yml"
     config_file.write_text(json.dumps({"global": {"scrape_interval": "15s"}}))
     address = address or f"127.0.0.1:{free_port()}"
+    return _launch("receiver", binary, workdir, config_file, address, RECEIVER)
+
+
+LIFECYCLE = "--web.enable-lifecycle"
+RECEIVER = "--web.enable-remote-write-receiver"
+
+
+def _launch(
+    name: str, binary: str, workdir: Path, config_file: Path, address: str, flag: str
+) -> PrometheusHandle:
+    """Start one Prometheus and wait until it is ready (stopped again if it is not)."""
     argv = [
         binary,
         f"--config.file={config_file}",
         f"--storage.tsdb.path={workdir / 'tsdb'}",
         f"--web.listen-address={address}",
         "--storage.tsdb.retention.time=1d",
-        "--web.enable-remote-write-receiver",
+        flag,
     ]
-    process = ManagedProcess("receiver", argv, log_path=workdir / "receiver.log").start()
+    process = ManagedProcess(name, argv, log_path=workdir / f"{name}.log").start()
     url = f"http://{address}"
     try:
         process.wait_http(url + "/-/ready", timeout=30)

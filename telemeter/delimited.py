@@ -33,7 +33,7 @@ def check_upb() -> None:
         raise RuntimeError(f"protobuf backend is {backend!r}, the upb backend is required")
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
     """Encode a non-negative int as a base-128 varint (like protobuf's ``_VarintBytes``)."""
     out = bytearray()
     while value >= 0x80:
@@ -41,6 +41,23 @@ def _encode_varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def read_varint(view: bytes | memoryview, pos: int, what: str) -> tuple[int, int]:
+    """The base-128 varint at ``pos`` and the position after it; InvalidPayload naming ``what``
+    when it is truncated or longer than 10 bytes."""
+    value = shift = 0
+    while True:
+        if pos >= len(view):
+            raise InvalidPayload(f"{what}: truncated varint")
+        if shift >= 7 * _MAX_VARINT_LEN:
+            raise InvalidPayload(f"{what}: varint longer than 10 bytes")
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
 
 
 def iter_delimited(data: bytes) -> Iterator[memoryview]:
@@ -53,19 +70,7 @@ def iter_delimited(data: bytes) -> Iterator[memoryview]:
     size = len(view)
     pos = 0
     while pos < size:
-        length = 0
-        shift = 0
-        while True:
-            if pos >= size:
-                raise InvalidPayload("delimited: truncated length varint")
-            if shift >= 7 * _MAX_VARINT_LEN:
-                raise InvalidPayload("delimited: length varint longer than 10 bytes")
-            byte = view[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
+        length, pos = read_varint(view, pos, "delimited: length")
         end = pos + length
         if end > size:
             raise InvalidPayload("delimited: message length runs past the end of the payload")
@@ -100,6 +105,6 @@ def write_families(families: Iterable[metrics_pb2.MetricFamily]) -> bytes:
     parts: list[bytes] = []
     for family in families:
         payload = family.SerializeToString()
-        parts.append(_encode_varint(len(payload)))
+        parts.append(encode_varint(len(payload)))
         parts.append(payload)
     return b"".join(parts)

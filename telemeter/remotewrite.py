@@ -21,6 +21,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from telemeter.delimited import encode_varint, read_varint
 from telemeter.errors import InvalidPayload, TooLarge
 
 Family = tuple[str, int, bytes]
@@ -50,13 +51,7 @@ def encode(families: Iterable[Family]) -> tuple[bytes, int]:
 
 
 def _varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1  # int64 on the wire: two's complement in ten bytes
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return encode_varint(value & ((1 << 64) - 1))  # int64 on the wire: two's complement
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -88,34 +83,21 @@ def encode_reference(families: Iterable[Family]) -> tuple[bytes, int]:
     return bytes(out), series
 
 
-def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise InvalidPayload("truncated or overlong varint in the remote-write request")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, pos
-
-
 def _fields(data: bytes | memoryview) -> Iterator[tuple[int, int | memoryview]]:
     """(field number, value) of a protobuf message: an int for varints, else the bytes."""
     view = memoryview(data)
     pos = 0
     while pos < len(view):
-        key, pos = _read_varint(view, pos)
+        key, pos = read_varint(view, pos, "remote write")
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(view, pos)
+            value, pos = read_varint(view, pos, "remote write")
             yield number, value
             continue
         if wire == 1:
             size = 8
         elif wire == 2:
-            size, pos = _read_varint(view, pos)
+            size, pos = read_varint(view, pos, "remote write")
         elif wire == 5:
             size = 4
         else:
