@@ -217,14 +217,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("ours", "ours", "ours+fwd"), ("ours, 1 tenant", "ours", "ours+fwd1"),
         ("Go 2019", "go", "go+fwd"),
     ):  # fmt: skip
-        added = ms[mode] - ms[base]
+        # the difference within each round (same machine state), then the median of those
+        added = median([a[0] - b[0] for a, b in zip(results[mode], results[base], strict=True)])
         per_core = median([r[1] for r in results[mode]])
         out(
             f"  {name:14} server CPU/upload {ms[base]:.3f} ms without, {ms[mode]:.3f} ms "
-            f"with -> forwarding adds {added:.3f} ms; {per_core:,.0f} samples/s per core"
+            f"with -> forwarding adds {added:.3f} ms (median of the rounds' differences); "
+            f"{per_core:,.0f} samples/s per core"
         )
-    added = ms["ours+fwd"] - ms["ours"]
-    out(f"  target: adds <= {TARGET_MS} ms: {'met' if added <= TARGET_MS else 'missed'}")
+        if mode == "ours+fwd":
+            out(f"  target: adds <= {TARGET_MS} ms: {'met' if added <= TARGET_MS else 'missed'}")
     n_clusters = int(ids[0]["value"][1]) if ids else 0
     sent = sum(r[3] for rs in results.values() for r in rs)
     out(
