@@ -11,12 +11,12 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from bench import federate, profiles, redis_memory, upload_cpu, upload_scaling
+from bench import federate, forward, profiles, redis_memory, upload_cpu, upload_scaling
 from bench.common import machine_description, out, steal_ticks, yardstick_ms
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the four benchmarks (and the profiles) and print a summary of the figures."""
+    """Run the five benchmarks (and the profiles) and print a summary of the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     parser.add_argument("--no-profiles", action="store_true", help="skip the profiles")
@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ratio = upload_scaling.report(
         upload_scaling.run(runs=min(runs, 3), seconds=seconds, workers=16)
     )
+
+    out("\n== 5. remote write: server CPU forwarding adds per upload, ours and Go 2019 ==")
+    forward.main(["--runs", str(min(runs, 3)), "--seconds", str(seconds + 2)])
 
     if not args.no_profiles:
         out("\n== profiles ==")
