@@ -40,10 +40,10 @@ from bench.common import (
     stack,
     wait_for_quiet_redis,
 )
+from dev.launch import KEEP_ALL, ServerHandle
 from dev.ports import free_ports
 from dev.processes import ManagedProcess
 from dev.prometheus import start_receiver
-from dev.stack import KEEP_ALL, ServerHandle
 
 TARGET_MS = 0.15  # forwarding may add at most this much server CPU per standard upload
 GO_BIN = Path(__file__).resolve().parents[1] / ".upstream" / "bin"
