@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from telemeter import metrics_pb2
+from telemeter.exposition import VALUE_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,6 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # dropped here instead (the Go client cut the offending label, which can merge two series).
 _MAX_NAME_OR_VALUE = 255
 _VALUE_FIELDS = ("counter", "gauge", "summary", "untyped", "histogram")
-# The one value field a metric of each family type must carry.
-_EXPECTED_FIELD: Mapping[int, str] = {
-    metrics_pb2.COUNTER: "counter",
-    metrics_pb2.GAUGE: "gauge",
-    metrics_pb2.SUMMARY: "summary",
-    metrics_pb2.UNTYPED: "untyped",
-    metrics_pb2.HISTOGRAM: "histogram",
-    metrics_pb2.GAUGE_HISTOGRAM: "histogram",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +69,7 @@ def transform_families(
     for source in families:
         name = renames.get(source.name, source.name)
         if added_ok and _name_ok(name, _METRIC_NAME):
-            expected = _EXPECTED_FIELD.get(source.type)
+            expected = VALUE_FIELD.get(source.type)
             valid = [
                 m
                 for m in source.metric

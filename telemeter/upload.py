@@ -35,22 +35,13 @@ from typing import Protocol
 from telemeter import metrics_pb2
 from telemeter.delimited import read_families
 from telemeter.errors import InvalidPayload, TooLarge
-from telemeter.exposition import escape_label_value, format_value
+from telemeter.exposition import VALUE_FIELD, escape_label_value, format_value
 
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 # Family decisions of the whitelist (telemeter.selectors.Decision has the same values).
 DROP, KEEP, PER_SERIES = 0, 1, 2
-
-VALUE_FIELD: dict[int, str] = {
-    metrics_pb2.COUNTER: "counter",
-    metrics_pb2.GAUGE: "gauge",
-    metrics_pb2.SUMMARY: "summary",
-    metrics_pb2.UNTYPED: "untyped",
-    metrics_pb2.HISTOGRAM: "histogram",
-    metrics_pb2.GAUGE_HISTOGRAM: "histogram",
-}
 
 
 class SeriesFilter(Protocol):
