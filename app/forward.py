@@ -29,8 +29,10 @@ import logging
 import random
 import ssl
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -39,6 +41,7 @@ from app.errors import StoreUnavailable
 from app.settings import ServerSettings
 from app.store import QueuedEntry, Store
 from telemeter import remotewrite, snappy
+from telemeter.httpclient import Connection, Endpoint, HTTPError
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +110,10 @@ class ForwardMetrics:
         )
 
 
-def client_tls(settings: ServerSettings) -> ssl.SSLContext | bool:
-    """The TLS settings for the receiver: its CA and our client certificate, when given."""
-    if settings.forward_ca_file is None and settings.forward_client_crt is None:
-        return True
+def client_tls(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The TLS settings for an https receiver: its CA and our client certificate, when given."""
+    if not (settings.forward_url or "").startswith("https://"):
+        return None
     ctx = ssl.create_default_context(
         cafile=str(settings.forward_ca_file) if settings.forward_ca_file else None
     )
@@ -181,11 +184,26 @@ def batches(
 
 
 def request_body(batch: Sequence[QueuedEntry]) -> bytes:
-    """The snappy-compressed request of a batch; a single entry's stored bytes as they are."""
+    """The snappy-compressed request of a batch: one entry's stored bytes as they are, several
+    entries' blocks joined without inflating them (``snappy.concat_blocks``)."""
     if len(batch) == 1:
         return batch[0].body
-    raw = b"".join(snappy.decode_block(e.body, max_size=e.size) for e in batch)
-    return snappy.encode_block(raw)
+    return snappy.concat_blocks([e.body for e in batch])
+
+
+def lanes(entries: Sequence[QueuedEntry], count: int) -> list[list[QueuedEntry]]:
+    """Entries split into ``count`` lanes by cluster, each in queue order: a cluster's entries
+    always share a lane, so sending the lanes side by side keeps every cluster's order."""
+    out: list[list[QueuedEntry]] = [[] for _ in range(count)]
+    for e in entries:
+        out[zlib.crc32(e.tenant.encode()) % count].append(e)
+    return [lane for lane in out if lane]
+
+
+@dataclass
+class _Pause:
+    until: float  # time.monotonic()
+    attempt: int
 
 
 class Forwarder:
@@ -200,29 +218,37 @@ class Forwarder:
     ) -> None:
         assert settings.forward_url
         self._s = settings
-        self._url = settings.forward_url
+        self._endpoint = Endpoint.parse(settings.forward_url)
         self._store = store
         self._owned = owned_ranges
         self.metrics = metrics
         metrics.queue_limit.set(settings.forward_queue_limit)
-        self._http = httpx.AsyncClient(
-            timeout=settings.forward_timeout, verify=client_tls(settings)
-        )
-        self._auth = ClientCredentials(settings, self._http) if settings.oidc_issuer else None
+        tls = client_tls(settings)
+        self._pool = [Connection(self._endpoint, tls) for _ in range(settings.forward_concurrency)]
+        self._http: httpx.AsyncClient | None = None
+        self._auth: ClientCredentials | None = None
+        if settings.oidc_issuer:
+            self._http = httpx.AsyncClient(timeout=settings.forward_timeout, verify=tls or True)
+            self._auth = ClientCredentials(settings, self._http)
         self._task: asyncio.Task[None] | None = None
         self._attempt = 0
+        self._paused: dict[str, _Pause] = {}  # tenant -> when it may send again (429)
+        self._durations: dict[int, Any] = {}
 
     async def start(self) -> None:
         """Start the forwarding loop."""
         self._task = asyncio.create_task(self._run(), name="forwarder")
 
     async def stop(self) -> None:
-        """Stop the loop (an entry in flight stays queued) and close the HTTP client."""
+        """Stop the loop (an entry in flight stays queued) and close the connections."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self._http.aclose()
+        for conn in self._pool:
+            conn.close()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -239,10 +265,10 @@ class Forwarder:
     def _backoff(self, retry_after: float | None) -> float:
         """Full-jitter exponential backoff, capped; a receiver's Retry-After wins."""
         self._attempt += 1
-        if retry_after is not None:
-            return min(retry_after, RETRY_AFTER_MAX_S)
-        cap = min(self._s.forward_backoff_max, BACKOFF_BASE_S * 2**self._attempt)
-        return random.uniform(0, cap)
+        return _delay(self._attempt, retry_after, self._s.forward_backoff_max)
+
+    def _tenant(self, entry: QueuedEntry) -> str:
+        return self._s.tenant_id or entry.tenant
 
     async def cycle(self) -> float:
         """Send what the owned ranges' streams hold; returns the seconds to wait before the next."""
@@ -263,60 +289,114 @@ class Forwarder:
             log.warning("forwarding: dropped entries older than --forward-max-age count=%d",
                         len(expired))  # fmt: skip
         gone = {id(e) for e in expired}
-        live = [e for q in heads for e in q if id(e) not in gone]
+        now = time.monotonic()
+        self._paused = {
+            t: p for t, p in self._paused.items() if p.until > now - 2 * s.forward_backoff_max
+        }  # a tenant throttled long ago starts its backoff afresh
+        waiting = {t for t, p in self._paused.items() if p.until > now}
+        live = [e for q in heads for e in q if id(e) not in gone and self._tenant(e) not in waiting]
         if not live:
-            return s.forward_interval
+            return self._idle(s.forward_interval)
+        done: list[QueuedEntry] = []
+        failures = await asyncio.gather(
+            *(self._lane(lane, conn, done) for lane, conn in zip(
+                lanes(live, len(self._pool)), self._pool, strict=False))
+        )  # fmt: skip
+        await self._store.ack(done)  # one delete per turn, after every 2xx or drop
+        failure = next((f for f in failures if f is not None), None)
+        if failure is not None:
+            return self._backoff(failure.retry_after)
+        self._attempt = 0
+        full = any(len(q) >= s.forward_batch_entries for q in heads)
+        return 0.0 if full else self._idle(s.forward_interval)
+
+    def _idle(self, interval: float) -> float:
+        """The wait before the next turn: the interval, or less when a paused tenant resumes."""
+        now = time.monotonic()
+        resume = [p.until - now for p in self._paused.values() if p.until > now]
+        return min([interval, *resume])
+
+    async def _lane(
+        self, lane: list[QueuedEntry], conn: Connection, done: list[QueuedEntry]
+    ) -> Outcome | None:
+        """Send a lane's batches in order; stop at the first failure that is not one tenant's
+        throttling (returned), skipping a throttled tenant's later entries."""
+        s = self._s
+        throttled: set[str] = set()
         for batch in batches(
-            live,
+            lane,
             max_entries=s.forward_batch_entries,
             max_bytes=s.forward_batch_bytes,
             by_tenant=s.tenant_id is None,
         ):
-            outcome = await self._deliver(batch)
-            if outcome is not None:
-                return self._backoff(outcome.retry_after)
-        self._attempt = 0
-        full = any(len(q) >= s.forward_batch_entries for q in heads)
-        return 0.0 if full else s.forward_interval
+            tenant = self._tenant(batch[0])
+            if tenant in throttled:
+                continue
+            outcome = await self._deliver(batch, conn, done)
+            if outcome is None:
+                self._paused.pop(tenant, None)
+            elif outcome.reason == "status_429":
+                self._pause(tenant, outcome.retry_after)
+                throttled.add(tenant)
+            else:
+                return outcome
+        return None
 
-    async def _deliver(self, batch: list[QueuedEntry]) -> Outcome | None:
-        """Send a batch; None when it is done with (sent or dropped), else the retryable answer."""
-        outcome = await self._send(batch)
+    def _pause(self, tenant: str, retry_after: float | None) -> None:
+        """A tenant the receiver throttled waits alone: the others go on sending."""
+        pause = self._paused.get(tenant) or _Pause(0.0, 0)
+        pause.attempt += 1
+        pause.until = time.monotonic() + _delay(
+            pause.attempt, retry_after, self._s.forward_backoff_max
+        )
+        self._paused[tenant] = pause
+
+    async def _deliver(
+        self, batch: list[QueuedEntry], conn: Connection, done: list[QueuedEntry]
+    ) -> Outcome | None:
+        """Send a batch; None when it is done with (sent or dropped: its entries go to ``done``),
+        else the retryable answer."""
+        outcome = await self._send(batch, conn)
         if outcome.sent:
-            await self._store.ack(batch)
+            done.extend(batch)
             return None
         if outcome.retry:
             return outcome
         if len(batch) > 1:  # one bad entry must not take the others with it
             log.info("forwarding: batch refused, sending its entries alone entries=%d", len(batch))
             for entry in batch:
-                alone = await self._deliver([entry])
+                alone = await self._deliver([entry], conn, done)
                 if alone is not None:
                     return alone
             return None
         self.metrics.dropped.labels("refused").inc(batch[0].series)
         log.warning("forwarding: the receiver refused an entry; dropped reason=%s tenant=%s",
                     outcome.reason, batch[0].tenant)  # fmt: skip
-        await self._store.ack(batch)
+        done.extend(batch)
         return None
 
-    async def _send(self, batch: list[QueuedEntry]) -> Outcome:
+    async def _send(self, batch: list[QueuedEntry], conn: Connection) -> Outcome:
         headers = {
             **remotewrite.HEADERS,
             "User-Agent": USER_AGENT,
-            self._s.tenant_header: self._s.tenant_id or batch[0].tenant,
+            self._s.tenant_header: self._tenant(batch[0]),
         }
         start = time.perf_counter()
         try:
             if self._auth is not None:
                 headers["Authorization"] = await self._auth.header()
-            answer = await self._http.post(self._url, content=request_body(batch), headers=headers)
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self._s.forward_timeout):
+                answer = await conn.request(
+                    "POST", self._endpoint.path, headers, request_body(batch)
+                )
+        except TimeoutError as exc:
+            conn.close()  # the answer may still come: this connection is out of step
             return self._failed("timeout", start, exc)
-        except httpx.HTTPError as exc:
+        except (OSError, EOFError, ValueError, HTTPError, httpx.HTTPError) as exc:
+            conn.close()
             return self._failed("connection", start, exc)
-        code = answer.status_code
-        self.metrics.duration.labels(str(code)).observe(time.perf_counter() - start)
+        code = answer.status
+        self._observe(code, start)
         if 200 <= code < 300:
             self.metrics.samples.inc(sum(e.series for e in batch))
             return Outcome(sent=True, retry=False, reason="2xx")
@@ -329,20 +409,33 @@ class Forwarder:
             reason = "status_429" if code == 429 else "status_5xx"
             self.metrics.retries.labels(reason).inc()
             log.info("forwarding: the receiver answered %d; retrying later", code)
-            return Outcome(sent=False, retry=True, reason=reason, retry_after=_seconds(answer))
+            retry_after = _seconds(answer.headers.get("retry-after", ""))
+            return Outcome(sent=False, retry=True, reason=reason, retry_after=retry_after)
         return Outcome(sent=False, retry=False, reason=f"status_{code}")
 
+    def _observe(self, code: int, start: float) -> None:
+        child = self._durations.get(code)
+        if child is None:
+            child = self._durations[code] = self.metrics.duration.labels(str(code))
+        child.observe(time.perf_counter() - start)
+
     def _failed(self, reason: str, start: float, exc: Exception) -> Outcome:
-        self.metrics.duration.labels("0").observe(time.perf_counter() - start)
+        self._observe(0, start)
         self.metrics.errors.inc()
         self.metrics.retries.labels(reason).inc()
         log.info("forwarding: request failed; retrying later reason=%s error=%r", reason, exc)
         return Outcome(sent=False, retry=True, reason=reason)
 
 
-def _seconds(answer: httpx.Response) -> float | None:
+def _delay(attempt: int, retry_after: float | None, cap_s: float) -> float:
+    """Full-jitter exponential backoff of the ``attempt``-th retry, capped; Retry-After wins."""
+    if retry_after is not None:
+        return min(retry_after, RETRY_AFTER_MAX_S)
+    return random.uniform(0, min(cap_s, BACKOFF_BASE_S * 2**attempt))
+
+
+def _seconds(value: str) -> float | None:
     """A ``Retry-After`` given in seconds (an HTTP date is taken as absent)."""
-    value = answer.headers.get("retry-after", "")
     try:
         return max(0.0, float(value))
     except ValueError:

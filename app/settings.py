@@ -77,6 +77,7 @@ class ServerSettings(BaseSettings):
     forward_timeout: float = 10.0
     forward_interval: float = 1.0
     forward_backoff_max: float = 30.0
+    forward_concurrency: int = Field(default=4, gt=0)
     forward_ca_file: Path | None = None
     forward_client_crt: Path | None = None
     forward_client_key: Path | None = None
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--forward-timeout", help="timeout of one remote-write request (default 10s)")
     add("--forward-interval", help="how often an idle queue is looked at (default 1s)")
     add("--forward-backoff-max", help="longest wait between retries (default 30s)")
+    add("--forward-concurrency", type=int, help="requests in flight to the receiver (default 4)")
     add("--forward-ca-file", type=Path, help="CA bundle the remote-write receiver is checked with")
     add("--forward-client-crt", type=Path, help="client certificate for the receiver")
     add("--forward-client-key", type=Path, help="key of --forward-client-crt")

@@ -19,7 +19,14 @@ import cramjam
 
 from telemeter.errors import InvalidPayload, TooLarge
 
-__all__ = ["STREAM_IDENTIFIER", "decode_block", "decode_framed", "encode_block", "encode_framed"]
+__all__ = [
+    "STREAM_IDENTIFIER",
+    "concat_blocks",
+    "decode_block",
+    "decode_framed",
+    "encode_block",
+    "encode_framed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +162,31 @@ def decode_block(data: bytes, *, max_size: int) -> bytes:
 def encode_block(data: bytes) -> bytes:
     """Compress ``data`` into one snappy block (the format of remote write)."""
     return bytes(cramjam.snappy.compress_raw(data))
+
+
+def _preamble_size(data: bytes) -> tuple[int, int]:
+    """A block's declared length and the bytes its preamble takes."""
+    value = _read_preamble(data, 0, len(data))
+    width = 1
+    while data[width - 1] >= 0x80:
+        width += 1
+    return value, width
+
+
+def concat_blocks(blocks: list[bytes]) -> bytes:
+    """One snappy block that inflates to the concatenation of ``blocks``' contents, without
+    inflating them: a block is a length preamble then elements whose copies refer only to bytes
+    the same block wrote, so the elements of consecutive blocks can follow one new preamble.
+    (Remote write: ``timeseries`` is a repeated field, so joined requests are one request.)"""
+    total = 0
+    parts = []
+    for block in blocks:
+        length, width = _preamble_size(block)
+        total += length
+        parts.append(memoryview(block)[width:])
+    head = bytearray()
+    while total >= 0x80:
+        head.append((total & 0x7F) | 0x80)
+        total >>= 7
+    head.append(total)
+    return b"".join([bytes(head), *parts])

@@ -12,10 +12,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from client.benchmark.config import DEFAULT_LISTEN, DEFAULT_WORKERS, BenchmarkConfig
-from client.benchmark.connection import Endpoint
 from client.benchmark.run import run_benchmark
 from client.benchmark.stats import Summary, render_summary
 from telemeter.durations import format_duration, parse_duration
+from telemeter.httpclient import Endpoint
 
 log = logging.getLogger(__name__)
 

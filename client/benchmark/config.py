@@ -11,8 +11,6 @@ DEFAULT_LISTEN = "localhost:8080"
 ERROR_WAIT_S = 60.0  # Go waits a minute after a failed push
 POOL_REFRESH_S = 30.0
 PROGRESS_PERIOD_S = 1.0
-MAX_HEAD_BYTES = 64 * 1024
-MAX_BODY_BYTES = 16 * 1024 * 1024
 UPLOAD_CONTENT_TYPE = (
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 )

@@ -20,10 +20,10 @@ from client.benchmark.config import (
     UPLOAD_CONTENT_TYPE,
     BenchmarkConfig,
 )
-from client.benchmark.connection import Connection, Endpoint, HTTPError
 from client.benchmark.metrics import Metrics, serve_metrics
 from client.benchmark.payloads import PayloadPool
 from client.benchmark.stats import Progress, Stats, Summary
+from telemeter.httpclient import Connection, Endpoint, HTTPError
 from telemeter.textparse import parse_text
 
 log = logging.getLogger(__name__)

@@ -142,10 +142,17 @@ def test_every_acknowledged_push_reaches_the_receiver_in_order_through_outage_an
 class ScriptedReceiver(http.server.ThreadingHTTPServer):
     """A remote-write receiver answering by script, recording what it accepted."""
 
-    def __init__(self, *, refuse_id: str | None = None, throttle_first: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        refuse_id: str | None = None,
+        throttle_first: int = 0,
+        throttle_tenant: str | None = None,
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.refuse_id = refuse_id
         self.throttle_first = throttle_first
+        self.throttle_tenant = throttle_tenant  # its first request gets 429
         self.requests: list[tuple[float, int, list[str]]] = []  # (time, status, the _ids)
         self.accepted: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
@@ -166,7 +173,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         s = self.server
         with s.lock:
             s.headers_seen.append(dict(self.headers))
-            if len(s.requests) < s.throttle_first:
+            tenant = self.headers.get("THANOS-TENANT")
+            first = not any(tenant in ids for _, _, ids in s.requests)
+            if len(s.requests) < s.throttle_first or (
+                first and tenant is not None and tenant == s.throttle_tenant
+            ):
                 status = 429
             elif s.refuse_id is not None and s.refuse_id in ids:
                 status = 400
@@ -216,10 +227,12 @@ def one_server(
 def test_an_entry_refused_with_400_loses_nothing_else_of_its_batch(
     redis_cluster: RedisClusterHandle, signing_key: Path, tmp_path: Path, scripted: ScriptedReceiver
 ) -> None:
-    # One tenant for all, and a slow poll, so that the three uploads go out as one batch.
+    # One tenant for all, one request at a time and a slow poll, so that the three uploads go
+    # out as one batch.
     server = one_server(
         redis_cluster, signing_key, tmp_path, scripted.url,
         "--tenant-id", "fleet", "--tenant-header", "X-Scope-OrgID", "--forward-interval", "3s",
+        "--forward-concurrency", "1",
     )  # fmt: skip
     try:
         for c in ("rw-good1", "rw-bad", "rw-good2"):
@@ -266,6 +279,34 @@ def test_a_429_retry_after_is_honoured(
         assert t_ok - t429 >= 2.9  # Retry-After: 3, not the 1 s backoff cap
         # Its tenant is the cluster's own (no --tenant-id), in the Thanos header.
         assert scripted.headers_seen[0]["THANOS-TENANT"] == "rw-429"
+    finally:
+        server.process.stop()
+
+
+@pytest.mark.parametrize("scripted", [{"throttle_tenant": "rw-slow"}], indirect=True)
+def test_a_throttled_tenant_waits_alone(
+    redis_cluster: RedisClusterHandle, signing_key: Path, tmp_path: Path, scripted: ScriptedReceiver
+) -> None:
+    # The receiver throttles one tenant (429, Retry-After: 3); the others must not wait with it.
+    server = one_server(redis_cluster, signing_key, tmp_path, scripted.url)
+    try:
+        assert push(server, authorize_at(server, "rw-slow"), "rw-slow", 1) == 200
+        wait_for(
+            lambda: None if scripted.requests else "no request yet",
+            timeout=30,
+            what="the throttled tenant's first request",
+        )
+        for c in ("rw-fast1", "rw-fast2"):
+            assert push(server, authorize_at(server, c), c, 1) == 200
+        wait_for(
+            lambda: None if {"rw-fast1", "rw-fast2", "rw-slow"} <= set(scripted.accepted) else "",
+            timeout=30,
+            what="every tenant's entry accepted",
+        )
+        times = {ids[0]: (t, status) for t, status, ids in scripted.requests if status == 204}
+        t429 = next(t for t, status, ids in scripted.requests if status == 429)
+        assert max(times["rw-fast1"][0], times["rw-fast2"][0]) - t429 < 2.5  # did not wait 3 s
+        assert times["rw-slow"][0] - t429 >= 2.9  # its Retry-After, honoured
     finally:
         server.process.stop()
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.snappy import (
     STREAM_IDENTIFIER,
+    concat_blocks,
     decode_block,
     decode_framed,
     encode_block,
@@ -263,3 +264,10 @@ def test_mutated_streams_raise_only_invalid_payload(
         elif stream:
             del stream[index]
     _decode_or_invalid(bytes(stream), 100_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=2000).map(lambda b: b * 40), max_size=6))
+def test_joined_blocks_inflate_to_the_joined_contents(parts: list[bytes]) -> None:
+    joined = concat_blocks([encode_block(p) for p in parts])
+    assert decode_block(joined, max_size=1 << 20) == b"".join(parts)

@@ -1,5 +1,11 @@
-"""A minimal HTTP/1.1 client over asyncio streams, with keep-alive (one connection per worker
-and endpoint)."""
+"""A minimal HTTP/1.1 client over asyncio streams, with keep-alive: one connection, one request
+at a time.
+
+The server's remote-write forwarding and the benchmark's simulated clusters send many small
+POSTs to one endpoint; a general client (httpx) costs about a millisecond of CPU per request in
+its own machinery, several times the work of the request itself (docs/benchmarks.md, "Remote
+write"). This one writes the request in one ``write`` and reads the answer with two stream reads.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from client.benchmark.config import MAX_BODY_BYTES, MAX_HEAD_BYTES
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class HTTPError(Exception):
@@ -42,9 +49,10 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
-class _Answer:
+class Answer:
     status: int
     body: bytes
+    headers: Mapping[str, str]  # names in lower case
 
 
 class Connection:
@@ -58,7 +66,7 @@ class Connection:
 
     async def request(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
-    ) -> _Answer:
+    ) -> Answer:
         """Send one request and read the whole answer; one retry if a reused socket was dead."""
         reused = self._writer is not None and not self._reader_done()
         if not reused:
@@ -86,7 +94,7 @@ class Connection:
 
     async def _exchange(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
-    ) -> _Answer:
+    ) -> Answer:
         assert self._reader is not None and self._writer is not None
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.endpoint.host_header}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -106,13 +114,16 @@ class Connection:
             name, sep, value = line.partition(":")
             if sep:
                 fields[name.strip().lower()] = value.strip()
-        answer = await self._read_body(fields)
+        status = int(rest[:3])
+        answer = await self._read_body(status, fields)
         if fields.get("connection", "").lower() == "close" or version == "HTTP/1.0":
             self.close()
-        return _Answer(int(rest[:3]), answer)
+        return Answer(status, answer, fields)
 
-    async def _read_body(self, fields: Mapping[str, str]) -> bytes:
+    async def _read_body(self, status: int, fields: Mapping[str, str]) -> bytes:
         assert self._reader is not None
+        if status in (204, 304) or status < 200:
+            return b""  # RFC 9112 6.3: no body, whatever the headers say
         if fields.get("transfer-encoding", "").lower() == "chunked":
             parts: list[bytes] = []
             while True:
