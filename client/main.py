@@ -1,22 +1,20 @@
 """``telemeter-client``: push a Prometheus's federated series to a telemeter server.
 
-One asyncio loop runs the push loop and the local listener (uvicorn with its own signal
-handling switched off): SIGTERM and SIGINT stop the process, SIGHUP reloads the files named by
+One asyncio loop runs the push loop and the local listener (`client.app`): SIGTERM and SIGINT
+stop the process, SIGHUP reloads the files named by
 flags. Bad flags exit with status 2 and a message, like any argparse program.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import httpx
-import uvicorn
 
-from client.app import create_app
+from client.app import Listener
 from client.errors import ConfigError
 from client.forwarder import Forwarder
 from client.metrics import ClientMetrics
@@ -33,14 +31,6 @@ from client.worker import Worker
 __all__ = ["main", "run"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the client owns SIGTERM/SIGINT/SIGHUP."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,19 +69,9 @@ async def run(
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, worker)
     tasks = [asyncio.create_task(worker.run(), name="push-loop")]
-    server: _Server | None = None
     if settings.listen is not None:
-        host, port = settings.listen
-        config = uvicorn.Config(
-            create_app(worker, metrics),
-            host=host,
-            port=port,
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-        )
-        server = _Server(config)
-        tasks.append(asyncio.create_task(server.serve(), name="listener"))
+        listener = Listener(worker, metrics).serve(*settings.listen)
+        tasks.append(asyncio.create_task(listener, name="listener"))
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -101,9 +81,8 @@ async def run(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if server is not None:
-            server.should_exit = True
-        tasks[0].cancel()
+        for task in tasks:
+            task.cancel()
         stopper.cancel()
         await asyncio.gather(*tasks, stopper, return_exceptions=True)
     logger.info("stopped")

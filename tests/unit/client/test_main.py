@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,3 +132,43 @@ def test_listener_reload_and_stop(
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
+
+
+def _raw(base: str, data: bytes) -> bytes:
+    """Send ``data`` on one connection to the listener and read until it closes."""
+    host, port = urlsplit(base).netloc.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_listener_speaks_http_1_1(
+    server: Recorder, client_process: tuple[subprocess.Popen[bytes], str, Path]
+) -> None:
+    process, base, _ = client_process
+    _wait_healthy(base, process)
+    with httpx.Client(base_url=base) as http:
+        assert http.get("/nowhere").status_code == 404
+        assert http.post("/healthz").status_code == 405
+        assert http.get("/-/reload").status_code == 405
+        assert http.head("/healthz").status_code == 200
+        assert http.get("/healthz?x=1").text == "ok"
+    # Two requests on one connection (keep-alive), the second asking to close.
+    two = _raw(
+        base,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    assert two.count(b"HTTP/1.1 200 OK\r\n") == 2 and two.endswith(b"ok")
+    assert _raw(base, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert _raw(base, b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n").startswith(
+        b"HTTP/1.1 400 "
+    )
+    big = b"POST /-/reload HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n"
+    assert _raw(base, big).startswith(b"HTTP/1.1 413 ")
+    chunked = b"POST /-/reload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert _raw(base, chunked).startswith(b"HTTP/1.1 411 ")
+    assert process.poll() is None
