@@ -32,9 +32,10 @@ from tests.support import UPLOAD_HEADERS, chunks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
+RATELIMIT_S = 1.0
 FORWARD_ARGS = [
     *FAST_ARGS[2:],  # the fast ring, but keep a rate limit: one sample per cluster per second
-    "--ratelimit", "1s",
+    "--ratelimit", f"{RATELIMIT_S}s",
     "--forward-interval", "0.2s",
     "--forward-backoff-max", "1s",
 ]  # fmt: skip
@@ -102,7 +103,7 @@ def test_every_acknowledged_push_reaches_the_receiver_in_order_through_outage_an
                     acked[c].append(seq)
                 else:
                     assert code in (429, 503), code
-            time.sleep(1.1)
+            time.sleep(RATELIMIT_S + 0.1)  # on purpose: wait out the rate-limit window
 
         for _ in range(3):
             round_of_pushes(servers)

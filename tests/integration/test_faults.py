@@ -26,12 +26,12 @@ import pytest
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from app import keys, snapshot
+from app import keys
 from dev.launch import ServerHandle, start_server
 from dev.redis_cluster import LocalRedisCluster
 from telemeter import metrics_pb2
 from tests.conftest import RedisClusterHandle, require_redis_server
-from tests.support import UPLOAD_HEADERS, encode_upload
+from tests.support import UPLOAD_HEADERS, encode_upload, stored_text
 
 pytestmark = pytest.mark.integration
 
@@ -132,10 +132,11 @@ def push(server: ServerHandle, jwt: str, body: bytes, *, timeout: float = 15) ->
     )
 
 
-def stored_text(value: bytes) -> str:
-    """The exposition text held by a stored snapshot value."""
-    snap = snapshot.decode(value)
-    return b"".join(f.text for f in snap.families).decode()
+def ring_failures(server: ServerHandle) -> float:
+    """The server's count of failed ring heartbeats."""
+    text = httpx.get(f"{server.internal}/metrics", timeout=5).text
+    found = re.search(r"^telemeter_ring_renew_failures_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 @contextlib.contextmanager
@@ -404,9 +405,14 @@ def test_full_redis_restart_from_aof_and_servers_without_redis(
         assert gone.status_code == 503 and int(gone.headers["Retry-After"]) > 0, gone.text
         assert httpx.get(f"{first.external}/healthz").status_code == 200
 
-        # Redis unreachable when a server starts: it starts, stays up and reports not ready.
+        # Redis unreachable when a server starts: it starts, stays up through failed ring
+        # heartbeats and reports not ready.
         (late,) = stack.enter_context(servers_on(cluster.url, tmp_path, signing_key, ["late"]))
-        time.sleep(1.5)
+        wait_for(
+            lambda: None if ring_failures(late) >= 2 else "fewer than two",
+            timeout=10,
+            what="failed ring heartbeats",
+        )
         assert late.process.alive, late.process.log_tail()
         assert httpx.get(f"{late.external}/healthz/ready").status_code == 503
         assert httpx.get(f"{late.internal}/healthz/ready").status_code == 503
