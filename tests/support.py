@@ -6,7 +6,7 @@ import functools
 import importlib.metadata
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -218,6 +218,19 @@ def start_all(
             handle.process.stop()
         raise
     return handles
+
+
+def wait_for(check: Callable[[], str | None], *, timeout: float, what: str) -> float:
+    """Poll ``check`` (None: done; a string: what is still missing) every 0.2 s until ``timeout``;
+    return the seconds it took."""
+    began = time.monotonic()
+    while True:
+        missing = check()
+        if missing is None:
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"{what} not reached within {timeout}s: still {missing}")
+        time.sleep(0.2)
 
 
 def console_scripts() -> dict[str, str]:
