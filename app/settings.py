@@ -14,12 +14,13 @@ import secrets
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telemeter.durations import parse_duration
+from telemeter.durations import format_duration, parse_duration
 from telemeter.errors import InvalidSelector
 from telemeter.selectors import Whitelist
 from telemeter.transforms import parse_label_pairs
@@ -34,76 +35,155 @@ def default_name() -> str:
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
+# The fields given as Go durations ("4m30s"); on the command line they stay text until validated.
+DURATIONS = (
+    "authorize_cache_ttl", "ratelimit", "ttl", "upload_timeout", "redis_timeout", "ring_heartbeat",
+    "ring_lease", "forward_max_age", "forward_timeout", "forward_interval", "forward_backoff_max",
+)  # fmt: skip
+# Fields set only through the environment (a password on a command line is visible to all).
+ENV_ONLY = frozenset({"redis_password"})
+
+
 class ServerSettings(BaseSettings):
     """Every setting of `telemeter-server` (durations in seconds)."""
 
     model_config = SettingsConfigDict(env_prefix="TELEMETER_", frozen=True, extra="forbid")
 
-    listen: str = "0.0.0.0:9003"
-    listen_internal: str = "localhost:9004"
-    name: str = Field(default_factory=default_name)
-    shared_key: Path | None = None
-    token_expire_seconds: int = Field(default=86400, gt=0)
-    authorize: str | None = None
-    authorize_cache_ttl: float = 600.0
-    auth_failure_limit: int = Field(default=10, ge=1)
-    partition_label: str = "_id"
-    label: list[str] = []
-    required_label: list[str] = []
-    whitelist: list[str] = []
-    whitelist_file: Path | None = None
-    elide_label: list[str] = []
-    limit_bytes: int = Field(default=500 * KIB, gt=0)
-    limit_uncompressed_bytes: int | None = Field(default=None, gt=0)
-    limit_receive_bytes: int = Field(default=128 * KIB, gt=0)
-    limit_receive_uncompressed_bytes: int = Field(default=4 * KIB * KIB, gt=0)
-    limit_receive_requests: int = Field(default=120, gt=0)
-    limit_series: int = Field(default=10_000, gt=0)
-    limit_labels: int = Field(default=64, gt=0)
-    limit_label_length: int = Field(default=255, gt=0)
-    ratelimit: float = 270.0
-    ttl: float = 600.0
-    upload_timeout: float = 30.0
-    max_concurrent_uploads: int = Field(default=64, gt=0)
-    tls_crt: Path | None = None
-    tls_key: Path | None = None
-    internal_tls_crt: Path | None = None
-    internal_tls_key: Path | None = None
-    forward_url: str | None = None
-    forward_max_age: float = 3600.0
-    forward_queue_limit: int = Field(default=1000, gt=0)
-    forward_batch_entries: int = Field(default=64, gt=0)
-    forward_batch_bytes: int = Field(default=4 * KIB * KIB, gt=0)
-    forward_timeout: float = 10.0
-    forward_interval: float = 1.0
-    forward_backoff_max: float = 30.0
-    forward_concurrency: int = Field(default=4, gt=0)
-    forward_ca_file: Path | None = None
-    forward_client_crt: Path | None = None
-    forward_client_key: Path | None = None
-    tenant_id: str | None = None
-    tenant_header: str = Field(default="THANOS-TENANT", pattern=r"^[A-Za-z0-9-]{1,64}$")
-    oidc_issuer: str | None = None
-    oidc_audience: str | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    client_secret_file: Path | None = None
-    redis_url: str = "redis://127.0.0.1:6379"
-    redis_password: SecretStr | None = None
-    redis_password_file: Path | None = None
-    redis_timeout: float = 2.0
-    ring_heartbeat: float = 2.0
-    ring_lease: float = 10.0
-    ring_namespace: str = Field(
-        default="telemeter-ring", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+    listen: str = Field(default="0.0.0.0:9003", description="external listener address")
+    listen_internal: str = Field(
+        default="localhost:9004", description="internal listener address for /federate"
     )
-    verbose: int = 0
+    name: str = Field(
+        default_factory=default_name,
+        description="this pod's ring member id (default: host name plus a random suffix)",
+    )
+    shared_key: Path | None = Field(
+        default=None, description="PEM private key signing tokens, shared by all replicas"
+    )
+    token_expire_seconds: int = Field(default=86400, gt=0, description="lifetime of issued tokens")
+    authorize: str | None = Field(
+        default=None,
+        description="URL of the upstream authorization service (unset: accept any token)",
+    )
+    authorize_cache_ttl: float = Field(
+        default=600.0, description="how long a positive authorization is cached"
+    )
+    auth_failure_limit: int = Field(
+        default=10, ge=1, description="rejected token exchanges per cluster per minute"
+    )
+    partition_label: str = Field(default="_id", description="label carrying the cluster id")
+    label: list[str] = Field(default=[], description="key=value label added to every stored metric")
+    required_label: list[str] = Field(
+        default=[], description="key=value label every metric must carry"
+    )
+    whitelist: list[str] = Field(
+        default=[], description="selector of metrics to keep (none: keep none)"
+    )
+    whitelist_file: Path | None = Field(
+        default=None, description="file of whitelist selectors, one per line"
+    )
+    elide_label: list[str] = Field(default=[], description="label removed from every stored metric")
+    limit_bytes: int = Field(default=500 * KIB, gt=0, description="maximum upload body size")
+    limit_uncompressed_bytes: int | None = Field(
+        default=None, gt=0, description="maximum decompressed upload size (unset: --limit-bytes)"
+    )
+    limit_receive_bytes: int = Field(
+        default=128 * KIB, gt=0, description="maximum remote-write body size"
+    )
+    limit_receive_uncompressed_bytes: int = Field(
+        default=4 * KIB * KIB, gt=0, description="maximum inflated remote-write size"
+    )
+    limit_receive_requests: int = Field(
+        default=120, gt=0, description="remote-write requests per cluster per minute"
+    )
+    limit_series: int = Field(
+        default=10_000, gt=0, description="maximum families and metrics per upload"
+    )
+    limit_labels: int = Field(default=64, gt=0, description="maximum labels per metric")
+    limit_label_length: int = Field(
+        default=255, gt=0, description="maximum bytes of a name or label value"
+    )
+    ratelimit: float = Field(
+        default=270.0, description="minimum time between uploads of one cluster"
+    )
+    ttl: float = Field(default=600.0, description="how long a snapshot is served after its upload")
+    upload_timeout: float = Field(
+        default=30.0, description="time allowed to receive an upload body"
+    )
+    max_concurrent_uploads: int = Field(default=64, gt=0, description="uploads decoded at once")
+    tls_crt: Path | None = Field(default=None, description="certificate of the external listener")
+    tls_key: Path | None = Field(default=None, description="key of the external listener")
+    internal_tls_crt: Path | None = Field(
+        default=None, description="certificate of the internal listener"
+    )
+    internal_tls_key: Path | None = Field(default=None, description="key of the internal listener")
+    forward_url: str | None = Field(
+        default=None, description="remote-write URL every accepted upload is forwarded to"
+    )
+    forward_max_age: float = Field(
+        default=3600.0, description="forwarded entries older than this are dropped"
+    )
+    forward_queue_limit: int = Field(
+        default=1000, gt=0, description="queued uploads per ring range"
+    )
+    forward_batch_entries: int = Field(default=64, gt=0, description="queued uploads per request")
+    forward_batch_bytes: int = Field(
+        default=4 * KIB * KIB, gt=0, description="uncompressed bytes per request"
+    )
+    forward_timeout: float = Field(default=10.0, description="timeout of one remote-write request")
+    forward_interval: float = Field(default=1.0, description="how often an idle queue is looked at")
+    forward_backoff_max: float = Field(default=30.0, description="longest wait between retries")
+    forward_concurrency: int = Field(
+        default=4, gt=0, description="requests in flight to the receiver"
+    )
+    forward_ca_file: Path | None = Field(
+        default=None, description="CA bundle the remote-write receiver is checked with"
+    )
+    forward_client_crt: Path | None = Field(
+        default=None, description="client certificate for the receiver"
+    )
+    forward_client_key: Path | None = Field(default=None, description="key of --forward-client-crt")
+    tenant_id: str | None = Field(
+        default=None, description="tenant of every forwarded request (unset: the cluster id)"
+    )
+    tenant_header: str = Field(
+        default="THANOS-TENANT",
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="header carrying the tenant",
+    )
+    oidc_issuer: str | None = Field(
+        default=None, description="OIDC issuer of the receiver's OAuth2 client credentials"
+    )
+    oidc_audience: str | None = Field(
+        default=None, description="audience asked for with the client credentials"
+    )
+    client_id: str | None = Field(default=None, description="OAuth2 client id for the receiver")
+    client_secret: SecretStr | None = Field(
+        default=None, description="OAuth2 client secret (better: --client-secret-file)"
+    )
+    client_secret_file: Path | None = Field(
+        default=None, description="file holding the OAuth2 client secret"
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379", description="Redis Cluster startup nodes, comma separated"
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, description="the Redis password (TELEMETER_REDIS_PASSWORD only: no flag)"
+    )
+    redis_password_file: Path | None = Field(
+        default=None, description="file holding the Redis password"
+    )
+    redis_timeout: float = Field(default=2.0, description="Redis connect and command timeout")
+    ring_heartbeat: float = Field(default=2.0, description="ring heartbeat period")
+    ring_lease: float = Field(default=10.0, description="ring lease duration")
+    ring_namespace: str = Field(
+        default="telemeter-ring",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+        description="ring name: pods with the same one share the slots",
+    )
+    verbose: int = Field(default=0, description="more logging (repeat for more)")
 
-    @field_validator(
-        "authorize_cache_ttl", "ratelimit", "ttl", "upload_timeout", "redis_timeout",
-        "ring_heartbeat", "ring_lease", "forward_max_age", "forward_timeout", "forward_interval",
-        "forward_backoff_max", mode="before",
-    )  # fmt: skip
+    @field_validator(*DURATIONS, mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
@@ -163,75 +243,42 @@ class ServerSettings(BaseSettings):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of `telemeter-server`, with the Go server's flag names."""
+    """The command line of `telemeter-server`, generated from :class:`ServerSettings`.
+
+    A flag a field (``--`` plus the name with ``-`` for ``_``), with the Go server's names;
+    unset flags are left out of the result so the environment and the defaults apply.
+    """
     p = argparse.ArgumentParser(
         prog="telemeter-server",
-        description="Receive federated metrics pushes from clusters and serve them to Prometheus.",
+        description="Receive federated metrics pushes from clusters and serve them to Prometheus. "
+        "Every flag may also be set as the environment variable TELEMETER_<NAME> "
+        "(for example TELEMETER_REDIS_URL; lists as JSON).",
         argument_default=argparse.SUPPRESS,
     )
-    add = p.add_argument
-    add("--listen", help="external listener address (default 0.0.0.0:9003)")
-    add(
-        "--listen-internal", help="internal listener address for /federate (default localhost:9004)"
-    )
-    add("--name", help="this pod's ring member id (default: host name plus a random suffix)")
-    add("--shared-key", type=Path, help="PEM private key signing tokens, shared by all replicas")
-    add("--token-expire-seconds", type=int, help="lifetime of issued tokens (default 86400)")
-    add("--authorize", help="URL of the upstream authorization service (unset: accept any token)")
-    add("--authorize-cache-ttl", help="how long a positive authorization is cached (default 10m)")
-    add("--auth-failure-limit", type=int, help="rejected token exchanges per cluster per minute")
-    add("--partition-label", help="label carrying the cluster id (default _id)")
-    add("--label", action="append", help="key=value label added to every stored metric")
-    add("--required-label", action="append", help="key=value label every metric must carry")
-    add("--whitelist", action="append", help="selector of metrics to keep (none: keep none)")
-    add("--whitelist-file", type=Path, help="file of whitelist selectors, one per line")
-    add("--elide-label", action="append", help="label removed from every stored metric")
-    add("--limit-bytes", type=int, help="maximum upload body size (default 512000)")
-    add("--limit-uncompressed-bytes", type=int, help="maximum decompressed upload size")
-    add("--limit-receive-bytes", type=int, help="maximum remote-write body size (default 131072)")
-    add("--limit-receive-uncompressed-bytes", type=int, help="maximum inflated remote-write size")
-    add("--limit-receive-requests", type=int, help="remote-write requests per cluster per minute")
-    add("--limit-series", type=int, help="maximum families and metrics per upload (default 10000)")
-    add("--limit-labels", type=int, help="maximum labels per metric (default 64)")
-    add("--limit-label-length", type=int, help="maximum bytes of a name or label value (255)")
-    add("--ratelimit", help="minimum time between uploads of one cluster (default 4m30s)")
-    add("--ttl", help="how long a snapshot is served after its upload (default 10m)")
-    add("--upload-timeout", help="time allowed to receive an upload body (default 30s)")
-    add("--max-concurrent-uploads", type=int, help="uploads decoded at once (default 64)")
-    add("--tls-crt", type=Path, help="certificate of the external listener")
-    add("--tls-key", type=Path, help="key of the external listener")
-    add("--internal-tls-crt", type=Path, help="certificate of the internal listener")
-    add("--internal-tls-key", type=Path, help="key of the internal listener")
-    add("--forward-url", help="remote-write URL every accepted upload is forwarded to")
-    add("--forward-max-age", help="forwarded entries older than this are dropped (default 1h)")
-    add("--forward-queue-limit", type=int, help="queued uploads per ring range (default 1000)")
-    add("--forward-batch-entries", type=int, help="queued uploads per request (default 64)")
-    add("--forward-batch-bytes", type=int, help="uncompressed bytes per request (default 4 MiB)")
-    add("--forward-timeout", help="timeout of one remote-write request (default 10s)")
-    add("--forward-interval", help="how often an idle queue is looked at (default 1s)")
-    add("--forward-backoff-max", help="longest wait between retries (default 30s)")
-    add("--forward-concurrency", type=int, help="requests in flight to the receiver (default 4)")
-    add("--forward-ca-file", type=Path, help="CA bundle the remote-write receiver is checked with")
-    add("--forward-client-crt", type=Path, help="client certificate for the receiver")
-    add("--forward-client-key", type=Path, help="key of --forward-client-crt")
-    add("--tenant-id", help="tenant of every forwarded request (unset: the cluster id)")
-    add("--tenant-header", help="header carrying the tenant (default THANOS-TENANT)")
-    add("--oidc-issuer", help="OIDC issuer of the receiver's OAuth2 client credentials")
-    add("--oidc-audience", help="audience asked for with the client credentials")
-    add("--client-id", help="OAuth2 client id for the receiver")
-    add("--client-secret", help="OAuth2 client secret (better: --client-secret-file)")
-    add("--client-secret-file", type=Path, help="file holding the OAuth2 client secret")
-    add("--redis-url", help="Redis Cluster startup nodes, comma separated (TELEMETER_REDIS_URL)")
-    add("--redis-password-file", type=Path, help="file holding the Redis password")
-    add("--redis-timeout", help="Redis connect and command timeout (default 2s)")
-    add("--ring-heartbeat", help="ring heartbeat period (default 2s)")
-    add("--ring-lease", help="ring lease duration (default 10s)")
-    add(
-        "--ring-namespace",
-        help="ring name: pods with the same one share the slots (default telemeter-ring)",
-    )
-    add("-v", "--verbose", action="count", help="more logging")
+    for name, info in ServerSettings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.description}{_shown_default(name, info.default)}"
+        if name == "verbose":
+            p.add_argument("-v", flag, action="count", help=help_text)
+            continue
+        if get_origin(info.annotation) is list:
+            p.add_argument(flag, action="append", help=help_text)
+            continue
+        types = [t for t in get_args(info.annotation) or (info.annotation,) if t is not type(None)]
+        if types[0] in (int, Path):
+            p.add_argument(flag, type=types[0], help=help_text)
+        else:  # text, secrets and durations: the model's validators parse them
+            p.add_argument(flag, help=help_text)
     return p
+
+
+def _shown_default(name: str, default: Any) -> str:
+    """`` (default …)`` for the help of a field, Go durations as Go prints them; none if unset."""
+    if default is None or default == [] or default is PydanticUndefined:
+        return ""
+    return f" (default {format_duration(default) if name in DURATIONS else default})"
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:

@@ -111,8 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--to-auth", default="", help="token exchange endpoint (default: <to>/authorize?id=<id>)")
     add("--to-token", default="", help="long-lived bearer token for the telemeter server")
     add("--to-token-file", default="", help="file holding the token for --to")
-    add("--interval", default="4m30s", help="time between pushes, a Go duration (default 4m30s)")
-    add("--limit-bytes", default=str(DEFAULT_LIMIT_BYTES), help="largest /federate answer read")
+    interval = format_duration(DEFAULT_INTERVAL_SECONDS)  # defaults shown from the constants
+    renames = ",".join(f"{old}={new}" for old, new in DEFAULT_RENAMES.items())
+    add(
+        "--interval",
+        default=interval,
+        help=f"time between pushes, a Go duration (default {interval})",
+    )
+    add(
+        "--limit-bytes",
+        default=str(DEFAULT_LIMIT_BYTES),
+        help=f"largest /federate answer read (default {DEFAULT_LIMIT_BYTES})",
+    )
     add("--match", action="append", default=None, help="a series selector to federate (repeat)")
     add("--match-file", default="", help="file of match rules, one per line")
     add("--label", action="append", default=[], help="key=value labels to add (comma lists)")
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rename",
         action="append",
         default=[],
-        help="OLD=NEW family renames (default ALERTS=alerts)",
+        help=f"OLD=NEW family renames (default {renames})",
     )
     add("--anonymize-labels", action="append", default=[], help="labels whose values are hashed")
     add("--anonymize-salt", default="", help="secret salt of the anonymization hash")

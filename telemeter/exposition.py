@@ -88,12 +88,12 @@ def _labels_prefix(metric: metrics_pb2.Metric) -> str:
     return "{" + ",".join(parts) if parts else ""
 
 
-def _line(name: str, prefix: str, extra: str, value: str, ts: str) -> str:
+def _line(name: str, prefix: str, extra: str, value: str, end: str) -> str:
     if extra:
         labels = prefix + "," + extra + "}" if prefix else "{" + extra + "}"
     else:
         labels = prefix + "}" if prefix else ""
-    return f"{name}{labels} {value}{ts}\n"
+    return f"{name}{labels} {value}{end}"
 
 
 def _count(integer: int, floating: float) -> str:
@@ -101,44 +101,54 @@ def _count(integer: int, floating: float) -> str:
     return format_value(floating) if floating > 0 else str(integer)
 
 
+def render_metric(name: str, kind: int, metric: metrics_pb2.Metric, prefix: str, end: str) -> str:
+    """The sample lines of one metric of a family ``name`` of type ``kind``.
+
+    ``prefix`` is its rendered labels without the closing brace (see `_labels_prefix`), ``end``
+    what ends every line: the timestamp and the newline (``" 1700000000000\n"``), or ``"\n"``.
+    """
+    if kind in (metrics_pb2.COUNTER, metrics_pb2.GAUGE, metrics_pb2.UNTYPED):
+        value = getattr(metric, VALUE_FIELD[kind]).value
+        return _line(name, prefix, "", format_value(value), end)
+    out: list[str] = []
+    if kind == metrics_pb2.SUMMARY:
+        s = metric.summary
+        for q in s.quantile:
+            extra = f'quantile="{format_value(q.quantile)}"'
+            out.append(_line(name, prefix, extra, format_value(q.value), end))
+        out.append(_line(name + "_sum", prefix, "", format_value(s.sample_sum), end))
+        out.append(_line(name + "_count", prefix, "", str(s.sample_count), end))
+        return "".join(out)
+    h = metric.histogram
+    has_inf = False
+    for b in h.bucket:
+        has_inf = has_inf or (math.isinf(b.upper_bound) and b.upper_bound > 0)
+        extra = f'le="{format_value(b.upper_bound)}"'
+        count = _count(b.cumulative_count, b.cumulative_count_float)
+        out.append(_line(name + "_bucket", prefix, extra, count, end))
+    count = _count(h.sample_count, h.sample_count_float)
+    if not has_inf:
+        out.append(_line(name + "_bucket", prefix, 'le="+Inf"', count, end))
+    out.append(_line(name + "_sum", prefix, "", format_value(h.sample_sum), end))
+    out.append(_line(name + "_count", prefix, "", count, end))
+    return "".join(out)
+
+
 def render_samples(family: metrics_pb2.MetricFamily) -> str:
     """Render the sample lines of one family (no ``# TYPE`` line), with each metric's timestamp.
 
     Empty label values mean "no label" and are omitted (docs/protocol.md section 4).
     """
-    out: list[str] = []
-    name = family.name
-    kind = family.type
-    for metric in family.metric:
-        prefix = _labels_prefix(metric)
-        ts = f" {metric.timestamp_ms}" if metric.HasField("timestamp_ms") else ""
-        if kind == metrics_pb2.COUNTER:
-            out.append(_line(name, prefix, "", format_value(metric.counter.value), ts))
-        elif kind == metrics_pb2.GAUGE:
-            out.append(_line(name, prefix, "", format_value(metric.gauge.value), ts))
-        elif kind == metrics_pb2.UNTYPED:
-            out.append(_line(name, prefix, "", format_value(metric.untyped.value), ts))
-        elif kind == metrics_pb2.SUMMARY:
-            s = metric.summary
-            for q in s.quantile:
-                extra = f'quantile="{format_value(q.quantile)}"'
-                out.append(_line(name, prefix, extra, format_value(q.value), ts))
-            out.append(_line(name + "_sum", prefix, "", format_value(s.sample_sum), ts))
-            out.append(_line(name + "_count", prefix, "", str(s.sample_count), ts))
-        else:
-            h = metric.histogram
-            has_inf = False
-            for b in h.bucket:
-                has_inf = has_inf or (math.isinf(b.upper_bound) and b.upper_bound > 0)
-                extra = f'le="{format_value(b.upper_bound)}"'
-                count = _count(b.cumulative_count, b.cumulative_count_float)
-                out.append(_line(name + "_bucket", prefix, extra, count, ts))
-            count = _count(h.sample_count, h.sample_count_float)
-            if not has_inf:
-                out.append(_line(name + "_bucket", prefix, 'le="+Inf"', count, ts))
-            out.append(_line(name + "_sum", prefix, "", format_value(h.sample_sum), ts))
-            out.append(_line(name + "_count", prefix, "", count, ts))
-    return "".join(out)
+    return "".join(
+        render_metric(
+            family.name,
+            family.type,
+            metric,
+            _labels_prefix(metric),
+            f" {metric.timestamp_ms}\n" if metric.HasField("timestamp_ms") else "\n",
+        )
+        for metric in family.metric
+    )
 
 
 def type_line(name: str, kind: int) -> str:

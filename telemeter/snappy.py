@@ -14,6 +14,7 @@ Framing format reference: https://github.com/google/snappy/blob/main/framing_for
 """
 
 import logging
+from collections.abc import Callable
 
 import cramjam
 
@@ -120,14 +121,7 @@ def decode_framed(data: bytes, *, max_size: int) -> bytes:
     total = _declared_framed_size(data, max_size=max_size)
     # The output buffer has exactly the declared size: a chunk that inflates to more than it
     # declared makes cramjam fail instead of growing memory.
-    out = bytearray(total)
-    try:
-        written = cramjam.snappy.decompress_into(data, out)
-    except cramjam.DecompressionError as exc:
-        raise InvalidPayload(_reason(exc)) from None
-    if written != total:
-        raise InvalidPayload("snappy: stream inflates to fewer bytes than declared")
-    return bytes(out)
+    return _inflate_into(cramjam.snappy.decompress_into, data, total, "stream")
 
 
 def encode_framed(data: bytes) -> bytes:
@@ -149,13 +143,20 @@ def decode_block(data: bytes, *, max_size: int) -> bytes:
         raise TooLarge(f"snappy: block declares {declared} bytes, more than {max_size}")
     if declared >= 1 << 32:  # the preamble is a uint32 (format_description.txt)
         raise InvalidPayload("snappy: length preamble overflows 32 bits")
-    out = bytearray(declared)
+    return _inflate_into(cramjam.snappy.decompress_raw_into, data, declared, "block")
+
+
+def _inflate_into(
+    inflate: Callable[[bytes, bytearray], int], data: bytes, size: int, what: str
+) -> bytes:
+    """Inflate into a buffer of exactly the declared ``size`` (a ``what`` of snappy)."""
+    out = bytearray(size)
     try:
-        written = cramjam.snappy.decompress_raw_into(data, out)
+        written = inflate(data, out)
     except cramjam.DecompressionError as exc:
         raise InvalidPayload(_reason(exc)) from None
-    if written != declared:
-        raise InvalidPayload("snappy: block inflates to fewer bytes than declared")
+    if written != size:
+        raise InvalidPayload(f"snappy: {what} inflates to fewer bytes than declared")
     return bytes(out)
 
 

@@ -26,7 +26,6 @@ the server's receive time, and the sample lines are rendered in the text format 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Protocol
 from telemeter import metrics_pb2
 from telemeter.delimited import read_families
 from telemeter.errors import InvalidPayload, TooLarge
-from telemeter.exposition import VALUE_FIELD, escape_label_value, format_value
+from telemeter.exposition import VALUE_FIELD, escape_label_value, render_metric
 
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -125,53 +124,6 @@ def _render_labels(metric: metrics_pb2.Metric, config: PassConfig) -> str:
     return "{" + ",".join(parts) if parts else ""
 
 
-def _line(name: str, prefix: str, extra: str, value: str, ts: str) -> str:
-    if extra:
-        labels = prefix + "," + extra + "}" if prefix else "{" + extra + "}"
-    else:
-        labels = prefix + "}" if prefix else ""
-    return f"{name}{labels} {value}{ts}"
-
-
-def _count(integer: int, floating: float) -> str:
-    return format_value(floating) if floating > 0 else str(integer)
-
-
-def _render_metric(name: str, kind: int, metric: metrics_pb2.Metric, prefix: str, ts: str) -> str:
-    if kind in (metrics_pb2.COUNTER, metrics_pb2.GAUGE, metrics_pb2.UNTYPED):
-        value = getattr(metric, VALUE_FIELD[kind]).value
-        return _line(name, prefix, "", format_value(value), ts)
-    out: list[str] = []
-    if kind == metrics_pb2.SUMMARY:
-        s = metric.summary
-        for q in s.quantile:
-            extra = f'quantile="{format_value(q.quantile)}"'
-            out.append(_line(name, prefix, extra, format_value(q.value), ts))
-        out.append(_line(name + "_sum", prefix, "", format_value(s.sample_sum), ts))
-        out.append(_line(name + "_count", prefix, "", str(s.sample_count), ts))
-        return "".join(out)
-    h = metric.histogram
-    has_inf = False
-    for b in h.bucket:
-        has_inf = has_inf or (math.isinf(b.upper_bound) and b.upper_bound > 0)
-        extra = f'le="{format_value(b.upper_bound)}"'
-        out.append(
-            _line(
-                name + "_bucket",
-                prefix,
-                extra,
-                _count(b.cumulative_count, b.cumulative_count_float),
-                ts,
-            )
-        )
-    count = _count(h.sample_count, h.sample_count_float)
-    if not has_inf:
-        out.append(_line(name + "_bucket", prefix, 'le="+Inf"', count, ts))
-    out.append(_line(name + "_sum", prefix, "", format_value(h.sample_sum), ts))
-    out.append(_line(name + "_count", prefix, "", count, ts))
-    return "".join(out)
-
-
 def process_reference(
     data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int
 ) -> PassResult:
@@ -225,7 +177,7 @@ def process_reference(
                 result.past += 1
             elif stamp > now_ms:
                 result.future += 1
-            lines.append(_render_metric(name, kind, metric, _render_labels(metric, config), ts))
+            lines.append(render_metric(name, kind, metric, _render_labels(metric, config), ts))
         if lines:
             out.setdefault(name, (kind, []))[1].extend(lines)
     result.families = [(n, k, "".join(lines).encode()) for n, (k, lines) in out.items()]

@@ -27,14 +27,15 @@ from dev.processes import ManagedProcess
 from dev.prometheus import PrometheusHandle, find_prometheus, query, start_receiver
 from telemeter import remotewrite
 from tests.conftest import RedisClusterHandle
-from tests.integration.test_faults import FAST_ARGS, authorize_at, seq_body, wait_for
-from tests.support import UPLOAD_HEADERS, chunks
+from tests.integration.test_faults import FAST_ARGS, seq_body
+from tests.support import UPLOAD_HEADERS, authorize, chunks, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
+RATELIMIT_S = 1.0
 FORWARD_ARGS = [
     *FAST_ARGS[2:],  # the fast ring, but keep a rate limit: one sample per cluster per second
-    "--ratelimit", "1s",
+    "--ratelimit", f"{RATELIMIT_S}s",
     "--forward-interval", "0.2s",
     "--forward-backoff-max", "1s",
 ]  # fmt: skip
@@ -89,7 +90,7 @@ def test_every_acknowledged_push_reaches_the_receiver_in_order_through_outage_an
     ]
     clusters = [f"fw-{i}" for i in range(6)]
     acked: dict[str, list[int]] = {c: [] for c in clusters}
-    jwts = {c: authorize_at(servers[0], c) for c in clusters}
+    jwts = {c: authorize(servers[0], c) for c in clusters}
     seq = 0
     try:
 
@@ -102,7 +103,7 @@ def test_every_acknowledged_push_reaches_the_receiver_in_order_through_outage_an
                     acked[c].append(seq)
                 else:
                     assert code in (429, 503), code
-            time.sleep(1.1)
+            time.sleep(RATELIMIT_S + 0.1)  # on purpose: wait out the rate-limit window
 
         for _ in range(3):
             round_of_pushes(servers)
@@ -236,7 +237,7 @@ def test_an_entry_refused_with_400_loses_nothing_else_of_its_batch(
     )  # fmt: skip
     try:
         for c in ("rw-good1", "rw-bad", "rw-good2"):
-            assert push(server, authorize_at(server, c), c, 1) == 200
+            assert push(server, authorize(server, c), c, 1) == 200
         wait_for(
             lambda: (
                 None
@@ -268,7 +269,7 @@ def test_a_429_retry_after_is_honoured(
 ) -> None:
     server = one_server(redis_cluster, signing_key, tmp_path, scripted.url)
     try:
-        assert push(server, authorize_at(server, "rw-429"), "rw-429", 1) == 200
+        assert push(server, authorize(server, "rw-429"), "rw-429", 1) == 200
         wait_for(
             lambda: None if "rw-429" in scripted.accepted else str(scripted.requests),
             timeout=30,
@@ -290,14 +291,14 @@ def test_a_throttled_tenant_waits_alone(
     # The receiver throttles one tenant (429, Retry-After: 3); the others must not wait with it.
     server = one_server(redis_cluster, signing_key, tmp_path, scripted.url)
     try:
-        assert push(server, authorize_at(server, "rw-slow"), "rw-slow", 1) == 200
+        assert push(server, authorize(server, "rw-slow"), "rw-slow", 1) == 200
         wait_for(
             lambda: None if scripted.requests else "no request yet",
             timeout=30,
             what="the throttled tenant's first request",
         )
         for c in ("rw-fast1", "rw-fast2"):
-            assert push(server, authorize_at(server, c), c, 1) == 200
+            assert push(server, authorize(server, c), c, 1) == 200
         wait_for(
             lambda: None if {"rw-fast1", "rw-fast2", "rw-slow"} <= set(scripted.accepted) else "",
             timeout=30,
@@ -322,7 +323,7 @@ def test_a_cluster_prometheus_remote_writes_through_us_to_the_central_receiver(
         shared_key=signing_key,
         extra_args=[*FORWARD_ARGS, "--forward-url", f"{central.url}/api/v1/write"],
     )
-    jwt = authorize_at(server, "rw-prom")
+    jwt = authorize(server, "rw-prom")
     address = f"127.0.0.1:{free_port()}"
     config = {
         "global": {"scrape_interval": "1s", "external_labels": {"_id": "rw-prom"}},

@@ -14,7 +14,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +32,11 @@ from dev.prometheus import (
 )
 from dev.stack import PUSH_TIME_METRIC, Stack, StackConfig, federated_series
 from tests.conftest import REDIS_URL_ENV
+from tests.support import wait_for as poll  # dev.prometheus has a wait_for of its own
 
 pytestmark = pytest.mark.e2e
 
 DOCS_SCRAPE_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "prometheus-scrape.yaml"
-
-
-def _poll(check: Callable[[], str | None], *, timeout: float, what: str) -> float:
-    """Poll ``check`` (None: done; else what is still wrong) until ``timeout``; return the time."""
-    began = time.monotonic()
-    while True:
-        problem = check()
-        if problem is None:
-            return time.monotonic() - began
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"{what}: still {problem} after {timeout:.1f}s")
-        time.sleep(0.2)
 
 
 def _scalar(result: list[dict[str, Any]]) -> float:
@@ -130,7 +119,7 @@ def test_prometheus_holds_exactly_the_pushed_series(stack: Stack) -> None:
         count = _scalar(stack.query('count({_id="test"})'))
         return None if count == expected else f"{count:g} series, expected {expected}"
 
-    _poll(check, timeout=3 * stack.config.client_interval, what="series in Prometheus")
+    poll(check, timeout=3 * stack.config.client_interval, what="series in Prometheus")
     # The pods' target labels are not attached to federated series (docs/prometheus-scrape.yaml).
     assert stack.query(f'{{_id="test",instance=~"{POD_INSTANCE_PREFIX}.*"}}') == []
     # Each pushed series is one series in Prometheus, with the labels it was pushed with: the
@@ -170,7 +159,7 @@ def test_each_cluster_is_served_by_exactly_one_pod(stack: Stack) -> None:
     cfg = stack.config
     # I2: the ring settles within one lease plus two heartbeats of stable membership.
     settle = cfg.ring_lease + 2 * cfg.ring_heartbeat + 2.0
-    _poll(
+    poll(
         lambda: None if len(_serving(stack)) == 1 else f"served by {_serving(stack)}",
         timeout=settle,
         what="one serving pod",
@@ -189,7 +178,7 @@ def _wait_for_ack(stack: Stack, after: int, *, timeout: float) -> int:
         acks = stack.client_acks()
         return None if acks > after else f"{acks} acknowledged uploads"
 
-    _poll(check, timeout=timeout, what="an acknowledged upload")
+    poll(check, timeout=timeout, what="an acknowledged upload")
     return acks
 
 
@@ -216,7 +205,7 @@ def test_killed_pod_is_replaced_and_no_acknowledged_push_is_lost(stack: Stack) -
     # One lease for the range to move, one client interval for the next push, one scrape for
     # Prometheus to see it, plus a second for a loaded machine.
     budget = cfg.ring_lease + cfg.client_interval + cfg.scrape_interval + 1.0
-    took = _poll(complete, timeout=budget, what="complete series after the kill")
+    took = poll(complete, timeout=budget, what="complete series after the kill")
     assert took <= budget
     assert [pod.name for pod in stack.pods if not pod.process.alive] == [victim.name]
 

@@ -107,14 +107,17 @@ def test_pushed_series_arrive_renamed_anonymized_and_elided(
     assert process.alive
 
 
+PUSH_INTERVAL_S = 0.5
+
+
 def test_client_obeys_the_server_rate_limit(
     start_servers: Callable[..., ServerHandle], source: Recorder, start_client: StartClient
 ) -> None:
-    # The server allows one upload per 4m30s; the client would push every 500 ms.
+    # The server allows one upload per 4m30s; the client would push every PUSH_INTERVAL_S.
     server = start_servers(whitelist=['{__name__="up"}'])
     _, base = start_client(
         "--from", source.url, "--to", server.external, "--id", "cluster-rl",
-        "--match", "up", "--interval", "500ms",
+        "--match", "up", "--interval", f"{PUSH_INTERVAL_S}s",
     )  # fmt: skip
     _wait_for_series(server, "cluster-rl")
     sent = {
@@ -130,6 +133,6 @@ def test_client_obeys_the_server_rate_limit(
     # the start would count retries of a slow first push on a busy machine.)
     assert sent["200"] in metrics
     scrapes = len(source.requests("/federate"))
-    time.sleep(2)
+    time.sleep(4 * PUSH_INTERVAL_S)  # on purpose: four intervals in which nothing may happen
     assert len(source.requests("/federate")) == scrapes
     assert sent["429"] in httpx.get(f"{base}/metrics").text.splitlines()

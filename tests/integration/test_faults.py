@@ -17,7 +17,7 @@ import contextlib
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +26,12 @@ import pytest
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from app import keys, snapshot
+from app import keys
 from dev.launch import ServerHandle, start_server
 from dev.redis_cluster import LocalRedisCluster
 from telemeter import metrics_pb2
 from tests.conftest import RedisClusterHandle, require_redis_server
-from tests.support import UPLOAD_HEADERS, encode_upload
+from tests.support import UPLOAD_HEADERS, authorize, encode_upload, stored_text, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,31 +97,6 @@ def federate_union(servers: list[ServerHandle]) -> str:
     return "\n".join(texts)
 
 
-def wait_for(check: Callable[[], str | None], *, timeout: float, what: str) -> None:
-    """Poll ``check`` (None: done; a string: what is still missing) until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    missing: str | None = "not checked"
-    while time.monotonic() < deadline:
-        missing = check()
-        if missing is None:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s: {missing}")
-
-
-def authorize_at(server: ServerHandle, cluster_id: str) -> str:
-    """An upload token for ``cluster_id`` (stub authorization: any token is accepted)."""
-    answer = httpx.post(
-        f"{server.external}/authorize",
-        params={"id": cluster_id},
-        headers={"Authorization": "Bearer x"},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    token: str = answer.json()["token"]
-    return token
-
-
 def push(server: ServerHandle, jwt: str, body: bytes, *, timeout: float = 15) -> httpx.Response:
     """One upload."""
     return httpx.post(
@@ -132,10 +107,11 @@ def push(server: ServerHandle, jwt: str, body: bytes, *, timeout: float = 15) ->
     )
 
 
-def stored_text(value: bytes) -> str:
-    """The exposition text held by a stored snapshot value."""
-    snap = snapshot.decode(value)
-    return b"".join(f.text for f in snap.families).decode()
+def ring_failures(server: ServerHandle) -> float:
+    """The server's count of failed ring heartbeats."""
+    text = httpx.get(f"{server.internal}/metrics", timeout=5).text
+    found = re.search(r"^telemeter_ring_renew_failures_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 @contextlib.contextmanager
@@ -269,7 +245,7 @@ def test_sigkill_a_server_while_clusters_push(
     with servers_on(redis_cluster.url, tmp_path, signing_key, ["victim", "survivor"]) as pods:
         victim, survivor = pods
         ids = [f"kill-{i:02d}-{time.time_ns() % 10**9}" for i in range(24)]
-        jwts = {cid: authorize_at(survivor, cid) for cid in ids}
+        jwts = {cid: authorize(survivor, cid) for cid in ids}
         stats = asyncio.run(_push_and_kill(pods, jwts, kill_after=2.0, run_for=3.0))
         assert not victim.process.alive
         # Retries absorb the crash: every push was eventually acknowledged, and the only
@@ -319,7 +295,7 @@ def test_sigkill_the_primary_of_a_busy_slot(signing_key: Path, tmp_path: Path) -
         primary = cluster.primary_for_slot(key_slot(keys.snapshot_key(probe).encode()))
         busy = _ids_on(cluster, "busy", primary=primary, same=True, n=1)[0]
         others = _ids_on(cluster, "other", primary=primary, same=False, n=8)
-        jwts = {cid: authorize_at(server, cid) for cid in [busy, *others]}
+        jwts = {cid: authorize(server, cid) for cid in [busy, *others]}
         for cid, jwt in jwts.items():
             answer = push(server, jwt, seq_body(cid, 0))
             assert answer.status_code == 200, answer.text
@@ -379,7 +355,7 @@ def test_full_redis_restart_from_aof_and_servers_without_redis(
     with own_cluster(tmp_path) as cluster, contextlib.ExitStack() as stack:
         (first,) = stack.enter_context(servers_on(cluster.url, tmp_path, signing_key, ["before"]))
         ids = [f"aof-{i:02d}" for i in range(20)]
-        jwts = {cid: authorize_at(first, cid) for cid in ids}
+        jwts = {cid: authorize(first, cid) for cid in ids}
         for cid, jwt in jwts.items():
             assert push(first, jwt, seq_body(cid, 7)).status_code == 200
         wait_for(
@@ -404,9 +380,14 @@ def test_full_redis_restart_from_aof_and_servers_without_redis(
         assert gone.status_code == 503 and int(gone.headers["Retry-After"]) > 0, gone.text
         assert httpx.get(f"{first.external}/healthz").status_code == 200
 
-        # Redis unreachable when a server starts: it starts, stays up and reports not ready.
+        # Redis unreachable when a server starts: it starts, stays up through failed ring
+        # heartbeats and reports not ready.
         (late,) = stack.enter_context(servers_on(cluster.url, tmp_path, signing_key, ["late"]))
-        time.sleep(1.5)
+        wait_for(
+            lambda: None if ring_failures(late) >= 2 else "fewer than two",
+            timeout=10,
+            what="failed ring heartbeats",
+        )
         assert late.process.alive, late.process.log_tail()
         assert httpx.get(f"{late.external}/healthz/ready").status_code == 503
         assert httpx.get(f"{late.internal}/healthz/ready").status_code == 503

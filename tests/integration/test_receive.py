@@ -19,7 +19,7 @@ from dev.launch import ServerHandle, start_server
 from telemeter import remotewrite
 from tests.conftest import RedisClusterHandle
 from tests.e2e.test_forward import FORWARD_ARGS, ScriptedReceiver, serve_scripted
-from tests.integration.test_faults import authorize_at
+from tests.support import authorize
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def forwarded(receiver: ScriptedReceiver, cluster_id: str, *, wait: float = 10.0
 
 
 def test_a_matching_id_is_forwarded(server: ServerHandle, receiver: ScriptedReceiver) -> None:
-    jwt = authorize_at(server, "rx-ok")
+    jwt = authorize(server, "rx-ok")
     answer = post(server, jwt, remotewrite_block(write_request("rx-ok")))
     assert answer.status_code == 204, answer.text
     assert forwarded(receiver, "rx-ok") == 3
@@ -103,7 +103,7 @@ def test_the_go_token_scheme_is_accepted(server: ServerHandle, receiver: Scripte
 def test_another_clusters_id_is_refused_and_nothing_is_forwarded(
     server: ServerHandle, receiver: ScriptedReceiver
 ) -> None:
-    jwt = authorize_at(server, "rx-me")
+    jwt = authorize(server, "rx-me")
     answer = post(server, jwt, remotewrite_block(write_request("rx-victim")))
     assert answer.status_code == 400 and "rx-me" in answer.text
     assert forwarded(receiver, "rx-victim", wait=2) == 0
@@ -119,7 +119,7 @@ def remotewrite_block(data: bytes) -> bytes:
 
 
 def test_each_limit_has_its_code(server: ServerHandle) -> None:
-    jwt = authorize_at(server, "rx-limits")
+    jwt = authorize(server, "rx-limits")
     big = remotewrite_block(os.urandom(8000))  # incompressible: > 4096 bytes on the wire
     assert post(server, jwt, big).status_code == 413
     # A block whose preamble declares 100000 bytes (> 65536): refused before it is inflated.
@@ -141,13 +141,13 @@ def test_each_limit_has_its_code(server: ServerHandle) -> None:
 
 
 def test_metadata_only_is_accepted_and_dropped(server: ServerHandle) -> None:
-    jwt = authorize_at(server, "rx-meta")
+    jwt = authorize(server, "rx-meta")
     metadata = b"\x1a\x04\x0a\x02up"  # WriteRequest.metadata = 3, no timeseries
     assert post(server, jwt, remotewrite_block(metadata)).status_code == 204
 
 
 def test_the_cluster_wide_rate_limit_is_429_with_retry_after(server: ServerHandle) -> None:
-    jwt = authorize_at(server, "rx-rate")
+    jwt = authorize(server, "rx-rate")
     codes = [post(server, jwt, remotewrite_block(write_request("rx-rate"))) for _ in range(4)]
     assert [a.status_code for a in codes] == [204, 204, 204, 429]
     assert 1 <= int(codes[-1].headers["Retry-After"]) <= 60
@@ -182,7 +182,7 @@ def malformed_receive_bodies(cluster_id: str, rng: random.Random) -> list[bytes]
 
 def test_malformed_remote_write_is_refused_with_4xx(server: ServerHandle) -> None:
     cluster_id = "rx-fuzz"
-    jwt = authorize_at(server, cluster_id)
+    jwt = authorize(server, cluster_id)
     rng = random.Random(20261202)
     wrong = []
     with httpx.Client(timeout=10, headers={**HEADERS, "Authorization": f"Bearer {jwt}"}) as c:

@@ -28,6 +28,7 @@ from telemeter.addresses import parse_redis_url
 from tests.conftest import RedisClusterHandle, require_redis_server
 
 FAILOVER_BOUND_S = 20.0
+AOF_FSYNC_PERIOD_S = 1.0  # appendfsync everysec (dev/redis_cluster.py)
 
 
 def cluster_client(nodes: list[tuple[str, int]], password: str | None) -> RedisCluster:
@@ -147,7 +148,8 @@ def test_keys_survive_full_restart_from_aof(own_cluster: LocalRedisCluster) -> N
         assert {key: client.get(key) for key in graceful} == graceful
         for key, value in killed.items():
             client.set(key, value)
-    time.sleep(1.2)  # appendfsync everysec: past one fsync period the writes are on disk
+    # On purpose: nothing shows when Redis has fsynced; past one period the writes are on disk.
+    time.sleep(AOF_FSYNC_PERIOD_S + 0.2)
     own_cluster.stop_all(graceful=False)
     own_cluster.start_all()
 

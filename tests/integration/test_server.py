@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from app import keys
@@ -30,9 +29,11 @@ from tests.support import (
     authorize,
     encode_upload,
     federate,
+    now_ms,
     series_of,
     shared_file,
     standard_families,
+    stored,
     upload,
 )
 
@@ -41,10 +42,6 @@ pytestmark = pytest.mark.integration
 
 def new_id() -> str:
     return f"c-{uuid.uuid4().hex[:12]}"
-
-
-def now_ms() -> int:
-    return int(time.time()) * 1000
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +62,6 @@ def server(
     handle.process.wait_http(handle.internal + "/healthz/ready")
     yield handle
     handle.process.stop()
-
-
-@pytest.fixture(scope="module")
-def rclient(redis_cluster: RedisClusterHandle) -> Iterator[RedisCluster]:
-    client = RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes],  # type: ignore[no-untyped-call]
-        password=redis_cluster.password,
-    )
-    yield client
-    client.close()
-
-
-def stored(rclient: RedisCluster, cluster_id: str) -> bytes | None:
-    value = rclient.get(keys.snapshot_key(cluster_id))
-    assert value is None or isinstance(value, bytes)
-    return value
 
 
 def push_standard(server: ServerHandle, cluster_id: str) -> str:

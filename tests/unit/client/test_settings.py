@@ -10,6 +10,7 @@ from client.errors import ConfigError
 from client.settings import (
     DEFAULT_LIMIT_BYTES,
     ClientSettings,
+    build_parser,
     federate_url,
     load_runtime,
     parse_settings,
@@ -174,3 +175,24 @@ def test_federate_url_encodes_like_go() -> None:
     # Existing parameters are kept; keys sorted, values of one key in order.
     url = federate_url("http://p/federate?z=1&a=2", ["b", "a"])
     assert url == "http://p/federate?a=2&match%5B%5D=b&match%5B%5D=a&z=1"
+
+
+GO_CLIENT_FLAGS = {
+    "--anonymize-labels", "--anonymize-salt", "--anonymize-salt-file", "--from", "--from-ca-file",
+    "--from-token", "--from-token-file", "--id", "--interval", "--label", "--limit-bytes",
+    "--listen", "--match", "--match-file", "--rename", "--to", "--to-auth", "--to-token",
+    "--to-token-file", "--to-upload", "--verbose", "-v",
+}  # fmt: skip
+
+
+def test_the_flags_are_the_go_clients_and_help_shows_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parser = build_parser()
+    flags = {s for a in parser._actions for s in a.option_strings} - {"-h", "--help"}
+    assert flags == GO_CLIENT_FLAGS
+    monkeypatch.setenv("COLUMNS", "400")
+    text = " ".join(parser.format_help().split())
+    assert all(action.help and action.help in text for action in parser._actions)
+    assert "--interval INTERVAL time between pushes, a Go duration (default 4m30s)" in text
+    assert f"(default {DEFAULT_LIMIT_BYTES})" in text and "(default ALERTS=alerts)" in text
