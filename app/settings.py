@@ -64,6 +64,8 @@ class ServerSettings(BaseSettings):
     ratelimit: float = 270.0
     ttl: float = 600.0
     upload_timeout: float = 30.0
+    lingering_close_bytes: int = Field(default=8 * KIB * KIB, ge=0)
+    lingering_close_timeout: float = Field(default=5.0, ge=0)
     max_concurrent_uploads: int = Field(default=64, gt=0)
     tls_crt: Path | None = None
     tls_key: Path | None = None
@@ -101,7 +103,7 @@ class ServerSettings(BaseSettings):
     @field_validator(
         "authorize_cache_ttl", "ratelimit", "ttl", "upload_timeout", "redis_timeout",
         "ring_heartbeat", "ring_lease", "forward_max_age", "forward_timeout", "forward_interval",
-        "forward_backoff_max", mode="before",
+        "forward_backoff_max", "lingering_close_timeout", mode="before",
     )  # fmt: skip
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -196,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ratelimit", help="minimum time between uploads of one cluster (default 4m30s)")
     add("--ttl", help="how long a snapshot is served after its upload (default 10m)")
     add("--upload-timeout", help="time allowed to receive an upload body (default 30s)")
+    add("--lingering-close-bytes", type=int, help="bytes drained after an early answer (8 MiB)")
+    add("--lingering-close-timeout", help="time draining after an early answer (5s)")
     add("--max-concurrent-uploads", type=int, help="uploads decoded at once (default 64)")
     add("--tls-crt", type=Path, help="certificate of the external listener")
     add("--tls-key", type=Path, help="key of the external listener")
