@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import Counter
 
 from app.app import create_external_app, create_internal_app
 from app.protocol import TelemeterProtocol
@@ -41,11 +42,15 @@ def _config(
     *,
     head_timeout_s: float,
     uploads: Runtime | None = None,
+    linger: tuple[int, float, Counter] | None = None,
 ) -> uvicorn.Config:
+    """``linger``: the lingering-close bounds (bytes, seconds) and the counter of their ends."""
     host, port = parse_listen_address(address)
-    protocol = type(
-        "Protocol", (TelemeterProtocol,), {"head_timeout_s": head_timeout_s, "runtime": uploads}
-    )
+    attributes: dict[str, object] = {"head_timeout_s": head_timeout_s, "runtime": uploads}
+    if linger is not None:
+        names = ("linger_bytes", "linger_timeout_s", "linger_ends")
+        attributes.update(zip(names, linger, strict=True))
+    protocol = type("Protocol", (TelemeterProtocol,), attributes)
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
@@ -66,6 +71,11 @@ async def serve(settings: ServerSettings) -> None:
     """Run both listeners until SIGTERM or SIGINT, then shut down cleanly."""
     check_upb()  # the fast upb protobuf backend is required (the reference pass uses it)
     async with Runtime(settings) as rt:
+        linger = (
+            settings.lingering_close_bytes,
+            settings.lingering_close_timeout,
+            rt.metrics.lingering_closes,
+        )
         # What exists now lives as long as the process: keep it out of the collector's scans.
         gc.collect()
         gc.freeze()
@@ -78,6 +88,7 @@ async def serve(settings: ServerSettings) -> None:
                     settings.tls_key,
                     head_timeout_s=settings.upload_timeout,
                     uploads=rt,
+                    linger=linger,
                 )
             ),
             _Server(
@@ -87,6 +98,7 @@ async def serve(settings: ServerSettings) -> None:
                     settings.internal_tls_crt,
                     settings.internal_tls_key,
                     head_timeout_s=settings.upload_timeout,
+                    linger=linger,
                 )
             ),
         ]

@@ -17,6 +17,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# How a lingering close ends: the body ended; the client closed or reset; the byte bound or the
+# time bound was reached; the server shut down; the body's framing was invalid.
+LINGER_ENDS = ("complete", "peer", "bytes", "timeout", "shutdown", "invalid")
+
 
 class ServerMetrics:
     """Every self-metric of a server process."""
@@ -67,6 +71,15 @@ class ServerMetrics:
             ["result"],
             registry=r,
         )
+        self.lingering_closes = Counter(
+            "telemeter_lingering_closes_total",
+            "Request bodies read and discarded after an early answer, by how that ended "
+            "(docs/protocol.md, Lingering close).",
+            ["end"],
+            registry=r,
+        )
+        for end in LINGER_ENDS:
+            self.lingering_closes.labels(end)
         # The children every accepted upload touches, looked up once (labels() is not free).
         self.upload_ok = self.requests.labels("200", "/upload", "post")
         self.upload_duration = self.duration.labels("/upload")

@@ -4,7 +4,11 @@
   its connection forever);
 - on the external listener, ``POST /upload`` handled straight from the parser's callbacks by
   `UploadCycle`, without ASGI, Starlette or FastAPI objects: uploads are the hot path, and that
-  machinery cost more CPU per upload than the Redis work. Everything else goes to the ASGI app.
+  machinery cost more CPU per upload than the Redis work. Everything else goes to the ASGI app;
+- a lingering close after an early answer (one sent before the request's body was all read, a
+  413 above all): the rest of the body is read and discarded, within bounds, before the
+  connection closes or goes on, so the client reads the answer instead of a connection reset
+  (docs/protocol.md, "Lingering close").
 
 An `UploadCycle` stands where uvicorn keeps its request-response cycle, so uvicorn's own keep-alive,
 pipelining, flow control and graceful shutdown apply to uploads unchanged.
@@ -17,7 +21,12 @@ import logging
 import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from prometheus_client import Counter
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from app.errors import PayloadTooLarge, RequestTimeout, http_error
 from app.runtime import Runtime
@@ -52,6 +61,8 @@ class UploadCycle:
         self.size = 0
         self.limit = rt.settings.limit_bytes
         self.complete = False
+        # Asked for a 100 Continue not (yet) sent: answered early, the body may never come.
+        self.awaiting_continue = self.headers.get("expect", "").lower() == "100-continue"
 
     # ---- called by the protocol (parser callbacks) ----
 
@@ -76,8 +87,9 @@ class UploadCycle:
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        if not self.complete and self.headers.get("expect", "").lower() == "100-continue":
+        if not self.complete and self.awaiting_continue:
             self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # as curl asks
+            self.awaiting_continue = False
         if self._waiting(limit):  # usually the whole body came with the head
             try:
                 async with asyncio.timeout(seconds):
@@ -128,8 +140,14 @@ class UploadCycle:
         if self.disconnected or transport.is_closing():
             self.response_complete = True
             return
-        # Answered before the whole body was read (refused early): the rest of it is not read.
-        close = not (self.keep_alive and self.complete) or (status >= 500 and status != 503)
+        # Answered before the whole body was read (refused early): the rest of it is read and
+        # discarded (lingering), and the connection goes on only if all of it came.
+        early = not self.complete
+        close = (
+            not self.keep_alive
+            or (status >= 500 and status != 503)
+            or (early and (self.awaiting_continue or not protocol.lingers()))
+        )
         body = (reason + "\n").encode() if reason else b""
         head = [STATUS_LINE[status]]
         for name, value in protocol.server_state.default_headers:
@@ -146,21 +164,133 @@ class UploadCycle:
         self.response_complete = True
         self.chunks = []
         if close:
-            transport.close()
+            protocol.close_after_answer()
         else:
             protocol.on_response_complete()
 
 
-class TelemeterProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol with a head deadline, and uploads handled without ASGI.
+class _Linger:
+    """A lingering close in progress: the bytes it may still read, its deadline, and whether the
+    connection closes when the body ends (else it goes on, kept alive)."""
 
-    Configured by subclassing (uvicorn instantiates the class itself): ``head_timeout_s``, and
-    ``runtime`` on the external listener only.
+    __slots__ = ("close", "left", "timer")
+
+    def __init__(self, left: int, close: bool, timer: asyncio.TimerHandle) -> None:
+        self.left = left
+        self.close = close
+        self.timer = timer
+
+
+class _AnswerTransport:
+    """The transport an ASGI cycle answers on: its ``close()`` lingers after an early answer."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: TelemeterProtocol) -> None:
+        self.protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        self.protocol.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.protocol.transport.is_closing()
+
+    def close(self) -> None:
+        self.protocol.close_after_answer()
+
+
+class TelemeterProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a head deadline, uploads handled without ASGI, and lingering
+    closes.
+
+    Configured by subclassing (uvicorn instantiates the class itself): ``head_timeout_s``, the
+    lingering bounds ``linger_bytes`` and ``linger_timeout_s`` (either 0: off) and the counter
+    ``linger_ends``, and ``runtime`` on the external listener only.
     """
 
     head_timeout_s = 30.0
+    linger_bytes = 0
+    linger_timeout_s = 0.0
+    linger_ends: Counter | None = None
     runtime: Runtime | None = None
     _head_timer: asyncio.TimerHandle | None = None
+    _linger: _Linger | None = None
+    _body_done = True  # the parser's current request has no more body to come
+
+    # ---- lingering close (docs/protocol.md, "Lingering close") ----
+
+    def lingers(self) -> bool:
+        """Whether early answers linger (both bounds set)."""
+        return self.linger_bytes > 0 and self.linger_timeout_s > 0
+
+    def _early(self) -> bool:
+        """Whether the current request is answered while its body is still coming."""
+        cycle: Any = self.cycle
+        return cycle is not None and cycle.response_complete and not self._body_done
+
+    def close_after_answer(self) -> None:
+        """Close after a complete answer: at once, or lingering while its request's body comes."""
+        if self._linger is None and self._early() and self.lingers():
+            self._start_linger(close=True)
+        else:
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._linger is not None:
+            self._unset_keepalive_if_required()  # lingering to close: its own bounds apply
+        elif self._early() and not self.transport.is_closing():  # kept alive, answered early
+            if self.lingers():
+                self._start_linger(close=False)
+            else:
+                self.transport.close()
+
+    def _start_linger(self, *, close: bool) -> None:
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if close and self.transport.can_write_eof():  # not with TLS
+            self.transport.write_eof()  # the client reads the answer, then the end of it
+        timer = self.loop.call_later(self.linger_timeout_s, self._end_linger, "timeout")
+        self._linger = _Linger(self.linger_bytes, close, timer)
+
+    def _end_linger(self, end: str) -> None:
+        """Stop lingering: the connection goes on if the body ended and the answer allows it."""
+        linger = self._linger
+        if linger is None:
+            return
+        self._linger = None
+        linger.timer.cancel()
+        if self.linger_ends is not None:
+            self.linger_ends.labels(end).inc()
+        if end == "complete" and not linger.close and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+        else:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        linger = self._linger
+        if linger is not None:
+            linger.left -= len(data)
+            if linger.left < 0:
+                self._end_linger("bytes")
+                return
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._linger is not None:  # a discarded body's framing is wrong: it was answered
+            self._end_linger("invalid")
+        else:
+            super().send_400_response(msg)
+
+    def shutdown(self) -> None:
+        if self._linger is not None:
+            self._end_linger("shutdown")
+        else:
+            super().shutdown()
+
+    # ---- the request head deadline, uploads ----
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -186,6 +316,10 @@ class TelemeterProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
+        if self.transport.is_closing():  # behind an answer that closed the connection
+            return
+        self._body_done = False
+        self._unset_keepalive_if_required()  # (armed when a linger ended in this same read)
         rt = self.runtime
         if (
             rt is None
@@ -194,6 +328,9 @@ class TelemeterProtocol(HttpToolsProtocol):
             or self.parser.should_upgrade()
         ):
             super().on_headers_complete()
+            asgi = self.cycle
+            if isinstance(asgi, RequestResponseCycle) and asgi.transport is self.transport:
+                asgi.transport = _AnswerTransport(self)  # type: ignore[assignment]
             return
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         existing = self.cycle
@@ -213,14 +350,17 @@ class TelemeterProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_done = True
         cycle: Any = self.cycle
         if isinstance(cycle, UploadCycle):
             cycle.end()
         else:
             super().on_message_complete()
+        self._end_linger("complete")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._end_linger("peer")
         super().connection_lost(exc)
         # A cycle refers to its protocol; the protocol must not refer back once the connection
         # is gone, or every connection's objects (which have lived long enough to reach the

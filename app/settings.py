@@ -39,6 +39,7 @@ def default_name() -> str:
 DURATIONS = (
     "authorize_cache_ttl", "ratelimit", "ttl", "upload_timeout", "redis_timeout", "ring_heartbeat",
     "ring_lease", "forward_max_age", "forward_timeout", "forward_interval", "forward_backoff_max",
+    "lingering_close_timeout",
 )  # fmt: skip
 # Fields set only through the environment (a password on a command line is visible to all).
 ENV_ONLY = frozenset({"redis_password"})
@@ -109,6 +110,12 @@ class ServerSettings(BaseSettings):
     ttl: float = Field(default=600.0, description="how long a snapshot is served after its upload")
     upload_timeout: float = Field(
         default=30.0, description="time allowed to receive an upload body"
+    )
+    lingering_close_bytes: int = Field(
+        default=8 * KIB * KIB, ge=0, description="bytes drained after an early answer (0: off)"
+    )
+    lingering_close_timeout: float = Field(
+        default=5.0, ge=0, description="time draining after an early answer (0: off)"
     )
     max_concurrent_uploads: int = Field(default=64, gt=0, description="uploads decoded at once")
     tls_crt: Path | None = Field(default=None, description="certificate of the external listener")

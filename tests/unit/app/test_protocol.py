@@ -16,13 +16,13 @@ import pytest
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from app.main import _config, _Server
-from app.protocol import TelemeterProtocol, UploadCycle
+from app.protocol import TelemeterProtocol, UploadCycle, _AnswerTransport, _Linger
 from app.runtime import Runtime
 from app.settings import parse_settings
 from dev.ports import free_port
 
 CONNECTIONS = 20
-KINDS = (RequestResponseCycle, UploadCycle, TelemeterProtocol)
+KINDS = (RequestResponseCycle, UploadCycle, TelemeterProtocol, _AnswerTransport, _Linger)
 
 
 async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -34,14 +34,18 @@ def _alive() -> int:
     return sum(isinstance(o, KINDS) for o in gc.get_objects())
 
 
-async def _serve_and_close_connections(request: bytes, answer: bytes) -> tuple[int, int]:
+async def _serve_and_close_connections(request: bytes, answer: bytes) -> tuple[int, int, float]:
     """The objects of the connections' kinds alive beyond those alive before, while the
-    connections are open and once they are closed."""
+    connections are open and once they are closed; the lingers the clients' closes ended."""
     before = _alive()
     port = free_port()
     # A runtime that is never entered: it holds no connection, and a refused upload needs none.
     rt = Runtime(parse_settings(["--redis-url", f"redis://127.0.0.1:{free_port()}"]))
-    server = _Server(_config(_ok, f"127.0.0.1:{port}", None, None, head_timeout_s=5, uploads=rt))
+    linger = (1 << 20, 5.0, rt.metrics.lingering_closes)
+    config = _config(
+        _ok, f"127.0.0.1:{port}", None, None, head_timeout_s=5, uploads=rt, linger=linger
+    )
+    server = _Server(config)
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
@@ -60,7 +64,10 @@ async def _serve_and_close_connections(request: bytes, answer: bytes) -> tuple[i
         deadline = loop.time() + 5
         while (closed := _alive() - before) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # until the server has seen every close
-        return open_, closed
+        peer = rt.metrics.registry.get_sample_value(
+            "telemeter_lingering_closes_total", {"end": "peer"}
+        )
+        return open_, closed, peer or 0.0
     finally:
         server.should_exit = True
         await serving
@@ -71,14 +78,18 @@ async def _serve_and_close_connections(request: bytes, answer: bytes) -> tuple[i
     [
         (b"GET / HTTP/1.1\r\nhost: test\r\n\r\n", b"ok"),  # the ASGI app
         (b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n", b"401"),  # uploads
+        # Answered before the body came: the connections linger until the client closes them.
+        (b"POST / HTTP/1.1\r\nhost: test\r\ncontent-length: 99999\r\n\r\n", b"ok"),
+        (b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 99999\r\n\r\n", b"401"),
     ],
 )
 def test_closed_connections_leave_no_reference_cycles(request_: bytes, answer: bytes) -> None:
     gc.collect()
     gc.disable()  # what is still alive now is held by a reference cycle or a leak
     try:
-        open_, closed = asyncio.run(_serve_and_close_connections(request_, answer))
+        open_, closed, lingered = asyncio.run(_serve_and_close_connections(request_, answer))
     finally:
         gc.enable()
     assert open_ >= CONNECTIONS  # the connections' objects are seen (the check can fail)
     assert closed == 0
+    assert lingered == (CONNECTIONS if b"99999" in request_ else 0)
