@@ -63,14 +63,19 @@ def received(receiver: PrometheusHandle, cluster_id: str) -> list[int]:
     return [int(float(v)) for r in result for _, v in r["values"]]
 
 
-def missing(receiver: PrometheusHandle, acked: dict[str, list[int]]) -> str | None:
-    """None when the receiver holds exactly the acknowledged pushes of every cluster, in order;
-    else what it holds of the first cluster that differs."""
+def missing(
+    receiver: PrometheusHandle, acked: dict[str, list[int]], refused: dict[str, set[int]]
+) -> str | None:
+    """None when the receiver holds every acknowledged push of every cluster, in order; else what
+    it holds of the clusters that differ. A push answered 503 may arrive too: its entry can be
+    queued before its snapshot write failed (docs/operations.md, "At least once")."""
+    late = {}
     for c, pushes in acked.items():
         got = received(receiver, c)
-        if got != pushes:
-            return f"{c}: received {got}, acknowledged {pushes}"
-    return None
+        extra = set(got) - set(pushes)
+        if got != sorted(set(got)) or not set(pushes) <= set(got) or not extra <= refused[c]:
+            late[c] = f"received {got}, acknowledged {pushes}, refused {sorted(refused[c])}"
+    return None if not late else f"{len(late)} clusters incomplete: {late}"
 
 
 def metric(server: ServerHandle, name: str) -> float:
@@ -100,6 +105,7 @@ def test_every_acknowledged_push_reaches_the_receiver_in_order_through_outage_an
     ]
     clusters = [f"fw-{i}" for i in range(6)]
     acked: dict[str, list[int]] = {c: [] for c in clusters}
+    refused: dict[str, set[int]] = {c: set() for c in clusters}
     jwts = {c: authorize(servers[0], c) for c in clusters}
     seq = 0
     try:
@@ -113,12 +119,13 @@ def test_every_acknowledged_push_reaches_the_receiver_in_order_through_outage_an
                     acked[c].append(seq)
                 else:
                     assert code in (429, 503), code
+                    refused[c].add(seq)
             time.sleep(RATELIMIT_S + 0.1)  # on purpose: wait out the rate-limit window
 
         for _ in range(3):
             round_of_pushes(servers)
         wait_for(
-            lambda: missing(receiver, acked),
+            lambda: missing(receiver, acked, refused),
             timeout=60,  # two servers and the receiver starting on a busy machine
             what="the first pushes at the receiver",
         )
@@ -134,12 +141,11 @@ def test_every_acknowledged_push_reaches_the_receiver_in_order_through_outage_an
             round_of_pushes(servers[1:])
         receiver = start_receiver(workdir=tmp_path / "receiver", address=address)
 
-        def all_arrived() -> str | None:
-            missing = {c: (received(receiver, c), acked[c]) for c in clusters}
-            late = {c: v for c, v in missing.items() if v[0] != v[1]}
-            return None if not late else f"{len(late)} clusters incomplete: {late}"
-
-        wait_for(all_arrived, timeout=60, what="every acknowledged push at the receiver")
+        wait_for(
+            lambda: missing(receiver, acked, refused),
+            timeout=60,
+            what="every acknowledged push at the receiver",
+        )
         assert metric(servers[1], "telemeter_forward_samples_total") > 0
     finally:
         for server in servers:
