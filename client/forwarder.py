@@ -141,7 +141,7 @@ class Forwarder:
             self._record([], before=0)
             logger.warning("no metrics to send, doing nothing")
             return ForwardResult(families=[], scraped_samples=0, sent_samples=0, uploaded=False)
-        async with self._client(verify=True, follow_redirects=False) as sink:
+        async with self._client(verify=runtime.to_verify, follow_redirects=False) as sink:
             token = await self.authorize(sink, runtime)
             result = transform_families(
                 scraped,
@@ -284,8 +284,8 @@ class Forwarder:
 class _ClientContext:
     """An httpx client for one cycle, with our default headers; an injected transport stays open.
 
-    A fresh client per cycle picks up a reloaded CA bundle and costs nothing next to a push
-    every few minutes.
+    A fresh client per cycle is cheap once its TLS context is built: the contexts live in the
+    `Runtime`, rebuilt on reload (which so picks up a renewed CA bundle).
     """
 
     def __init__(
