@@ -11,12 +11,12 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from bench import federate, forward, profiles, redis_memory, upload_cpu, upload_scaling
+from bench import client, federate, forward, profiles, redis_memory, upload_cpu, upload_scaling
 from bench.common import machine_description, out, steal_ticks, yardstick_ms
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the five benchmarks (and the profiles) and print a summary of the figures."""
+    """Run the six benchmarks (and the profiles) and print a summary of the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     parser.add_argument("--no-profiles", action="store_true", help="skip the profiles")
@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     out("\n== 5. remote write: server CPU forwarding adds per upload, ours and Go 2019 ==")
     forward.main(["--runs", str(min(runs, 3)), "--seconds", str(seconds + 2)])
+
+    out("\n== 6. the client: CPU per push and RSS, ours and Go 2019, one Prometheus source ==")
+    client.main(["--runs", str(min(runs, 3)), "--seconds", str(seconds * 2)])
 
     if not args.no_profiles:
         out("\n== profiles ==")
