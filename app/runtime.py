@@ -27,6 +27,8 @@ from app.tokens import (
     TokenVerifier,
     generate_signing_key,
     load_signing_key,
+    load_verify_key,
+    thumbprint,
 )
 from telemeter.addresses import parse_redis_url
 from telemeter.selectors import Whitelist
@@ -49,7 +51,14 @@ class Runtime:
         self.metrics = ServerMetrics()
         key = self._signing_key(settings)
         self.issuer = TokenIssuer(key, expire_seconds=settings.token_expire_seconds)
-        self.verifier = TokenVerifier([key])
+        # Verify keys come from a rotation (docs/operations.md, "Rotating the signing key").
+        verify_keys = [load_verify_key(path.read_bytes()) for path in settings.verify_key]
+        self.verifier = TokenVerifier([key, *verify_keys])
+        log.info(
+            "tokens signed with kid=%s; accepted kids=%s",
+            self.issuer.kid,
+            ",".join(thumbprint(k) for k in [key, *verify_keys]),
+        )
         nodes, password = parse_redis_url(settings.redis_url)
         self.store = Store(
             nodes=nodes,
