@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from types import TracebackType
 
 import httpx
@@ -22,6 +23,7 @@ from app.ring import Ring
 from app.settings import ServerSettings
 from app.store import Store
 from app.tokens import (
+    PublicKey,
     SigningKey,
     TokenIssuer,
     TokenVerifier,
@@ -52,7 +54,7 @@ class Runtime:
         key = self._signing_key(settings)
         self.issuer = TokenIssuer(key, expire_seconds=settings.token_expire_seconds)
         # Verify keys come from a rotation (docs/operations.md, "Rotating the signing key").
-        verify_keys = [load_verify_key(path.read_bytes()) for path in settings.verify_key]
+        verify_keys = [self._verify_key(path) for path in settings.verify_key]
         self.verifier = TokenVerifier([key, *verify_keys])
         log.info(
             "tokens signed with kid=%s; accepted kids=%s",
@@ -110,6 +112,13 @@ class Runtime:
             )
             return generate_signing_key()
         return load_signing_key(settings.shared_key.read_bytes())
+
+    @staticmethod
+    def _verify_key(path: Path) -> PublicKey:
+        try:
+            return load_verify_key(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--verify-key {path}: {exc}") from exc
 
     async def __aenter__(self) -> Runtime:
         if self.settings.authorize:

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from app.errors import InvalidToken
+from app.runtime import Runtime
+from app.settings import ServerSettings
 from app.tokens import (
     Claims,
     SigningKey,
@@ -493,3 +495,19 @@ def test_token_of_a_removed_key_is_refused() -> None:
         after.verify(token)
     with pytest.raises(InvalidToken, match="signature"):
         after.verify(_sign_kid(old, ""))  # the Go layout: tried against new, which fails
+
+
+def test_runtime_signs_with_shared_key_and_accepts_verify_keys(tmp_path: Path) -> None:
+    old, new = generate_signing_key(), generate_signing_key()
+    (tmp_path / "new.pem").write_bytes(_pem(new.private_key))
+    (tmp_path / "old.pub.pem").write_bytes(_public_pem(old))
+    settings = ServerSettings(
+        name="t", shared_key=tmp_path / "new.pem", verify_key=[tmp_path / "old.pub.pem"]
+    )
+    rt = Runtime(settings)  # builds, opens nothing
+    assert rt.issuer.kid == thumbprint(new)
+    old_token = TokenIssuer(old).issue(account_id="a", labels={"_id": "c"})
+    assert rt.verifier.verify(old_token).subject == "a"
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ValueError, match=f"--verify-key {missing}"):
+        Runtime(settings.model_copy(update={"verify_key": [missing]}))
