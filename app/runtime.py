@@ -57,7 +57,7 @@ class Runtime:
         verify_keys = [self._verify_key(path) for path in settings.verify_key]
         self.verifier = TokenVerifier([key, *verify_keys])
         log.info(
-            "tokens signed with kid=%s; accepted kids=%s",
+            "token keys signing_kid=%s accepted_kids=%s",
             self.issuer.kid,
             ",".join(thumbprint(k) for k in [key, *verify_keys]),
         )
