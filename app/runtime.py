@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from types import TracebackType
 
 import httpx
@@ -22,11 +23,14 @@ from app.ring import Ring
 from app.settings import ServerSettings
 from app.store import Store
 from app.tokens import (
+    PublicKey,
     SigningKey,
     TokenIssuer,
     TokenVerifier,
     generate_signing_key,
     load_signing_key,
+    load_verify_key,
+    thumbprint,
 )
 from telemeter.addresses import parse_redis_url
 from telemeter.selectors import Whitelist
@@ -49,7 +53,14 @@ class Runtime:
         self.metrics = ServerMetrics()
         key = self._signing_key(settings)
         self.issuer = TokenIssuer(key, expire_seconds=settings.token_expire_seconds)
-        self.verifier = TokenVerifier([key])
+        # Verify keys come from a rotation (docs/operations.md, "Rotating the signing key").
+        verify_keys = [self._verify_key(path) for path in settings.verify_key]
+        self.verifier = TokenVerifier([key, *verify_keys])
+        log.info(
+            "token keys signing_kid=%s accepted_kids=%s",
+            self.issuer.kid,
+            ",".join(thumbprint(k) for k in [key, *verify_keys]),
+        )
         nodes, password = parse_redis_url(settings.redis_url)
         self.store = Store(
             nodes=nodes,
@@ -101,6 +112,13 @@ class Runtime:
             )
             return generate_signing_key()
         return load_signing_key(settings.shared_key.read_bytes())
+
+    @staticmethod
+    def _verify_key(path: Path) -> PublicKey:
+        try:
+            return load_verify_key(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--verify-key {path}: {exc}") from exc
 
     async def __aenter__(self) -> Runtime:
         if self.settings.authorize:

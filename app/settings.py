@@ -61,6 +61,10 @@ class ServerSettings(BaseSettings):
     shared_key: Path | None = Field(
         default=None, description="PEM private key signing tokens, shared by all replicas"
     )
+    verify_key: list[Path] = Field(
+        default=[],
+        description="PEM public or private key whose tokens are still accepted (key rotation)",
+    )
     token_expire_seconds: int = Field(default=86400, gt=0, description="lifetime of issued tokens")
     authorize: str | None = Field(
         default=None,

@@ -2,8 +2,11 @@
 
 The layout matches the Go telemeter-server (docs/protocol.md section 2, "The JWT"): a compact JWS
 whose algorithm follows the signing key (EC P-256 -> ES256, P-384 -> ES384, P-521 -> ES512,
-RSA -> RS256), header ``{"alg": .., "kid": ""}``, issuer ``telemeter.selfsigned``, the account id
-as ``sub`` and the cluster's labels in the private claim ``telemeter.openshift.io``.
+RSA -> RS256), issuer ``telemeter.selfsigned``, the account id as ``sub`` and the cluster's labels
+in the private claim ``telemeter.openshift.io``. The header is ``{"alg": .., "kid": ..}`` with the
+signing key's RFC 7638 thumbprint as ``kid`` (the Go server writes ``""``), so a server holding
+several keys during a rotation (``--verify-key``, docs/operations.md) checks each token against the
+key that signed it; a token with an empty or no ``kid`` is tried against every key.
 
 Verification accepts only the algorithms of the configured keys, so ``alg: none`` and an HMAC
 made with the public key as its secret are refused before any signature check. Verified tokens
@@ -13,6 +16,9 @@ docs/architecture.md); a cached token still fails once it expires.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +31,7 @@ import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from app.errors import InvalidToken
 
@@ -39,6 +46,8 @@ __all__ = [
     "TokenVerifier",
     "generate_signing_key",
     "load_signing_key",
+    "load_verify_key",
+    "thumbprint",
 ]
 
 ISSUER: Final = "telemeter.selfsigned"
@@ -92,6 +101,42 @@ def _algorithm_for(key: PrivateKey | PublicKey) -> str:
     raise ValueError(f"unsupported key type {type(key).__name__}: use an EC or RSA key")
 
 
+def thumbprint(key: SigningKey | PublicKey) -> str:
+    """The RFC 7638 JWK thumbprint of a key: base64url (no padding) of the SHA-256 of the
+    public JWK's required members in lexicographic order, without whitespace."""
+    public_key = key.public_key if isinstance(key, SigningKey) else key
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        jwk: Any = ECAlgorithm.to_jwk(public_key, as_dict=True)
+        members: tuple[str, ...] = ("crv", "kty", "x", "y")
+    else:
+        jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+        members = ("e", "kty", "n")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def load_verify_key(pem: bytes) -> PublicKey:
+    """Load a PEM public or private key (``--verify-key``); return its public half.
+
+    Raises ValueError as :func:`load_signing_key` does for what is not an EC or RSA key.
+    """
+    if b"PRIVATE KEY-----" in pem:
+        return load_signing_key(pem).public_key
+    try:
+        public_key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(
+            f"cannot load the verify key: not a PEM public or private key ({exc})"
+        ) from exc
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise ValueError(
+            f"unsupported verify key type {type(public_key).__name__}: use an EC or RSA key"
+        )
+    _algorithm_for(public_key)  # refuses other curves
+    return public_key
+
+
 def load_signing_key(pem: bytes) -> SigningKey:
     """Load an unencrypted PEM private key (``--shared-key``) and pick its JWS algorithm.
 
@@ -129,6 +174,7 @@ class TokenIssuer:
         if expire_seconds <= 0:
             raise ValueError("expire_seconds must be positive")
         self._key = key
+        self.kid = thumbprint(key)
         self.expire_seconds = expire_seconds
 
     def issue(self, *, account_id: str, labels: Mapping[str, str], now: float | None = None) -> str:
@@ -148,12 +194,16 @@ class TokenIssuer:
             payload,
             self._key.private_key,
             algorithm=self._key.algorithm,
-            headers={"kid": "", "typ": None},
+            headers={"kid": self.kid, "typ": None},
         )
 
 
 class TokenVerifier:
-    """Verifies upload tokens against one or more keys, with an LRU of verified tokens."""
+    """Verifies upload tokens against one or more keys, with an LRU of verified tokens.
+
+    A token whose ``kid`` is the thumbprint of a configured key is checked against that key only;
+    one with ``kid: ""`` or none (the Go server's) against every key; any other ``kid`` is refused.
+    """
 
     def __init__(
         self,
@@ -166,9 +216,14 @@ class TokenVerifier:
         if not keys:
             raise ValueError("at least one verification key is required")
         self._keys: list[tuple[str, PublicKey]] = []
+        self._by_kid: dict[str, tuple[str, PublicKey]] = {}
         for key in keys:
             public_key = key.public_key if isinstance(key, SigningKey) else key
-            self._keys.append((_algorithm_for(public_key), public_key))
+            entry = (_algorithm_for(public_key), public_key)
+            kid = thumbprint(public_key)
+            if kid not in self._by_kid:  # the same key given twice is tried once
+                self._by_kid[kid] = entry
+                self._keys.append(entry)
         self._algorithms = {algorithm for algorithm, _ in self._keys}
         self._leeway = leeway_seconds
         self._cache_size = cache_size
@@ -204,7 +259,14 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if algorithm not in self._algorithms:
             raise InvalidToken(f"algorithm {algorithm!r} is not accepted")
-        for key_algorithm, public_key in self._keys:
+        kid = header.get("kid")
+        if kid is None or kid == "":
+            candidates = self._keys
+        elif isinstance(kid, str) and kid in self._by_kid:
+            candidates = [self._by_kid[kid]]
+        else:
+            raise InvalidToken(f"unknown key id {str(kid)[:64]!r}")
+        for key_algorithm, public_key in candidates:
             if key_algorithm != algorithm:
                 continue
             try:

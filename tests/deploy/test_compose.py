@@ -12,6 +12,7 @@ cluster-forming script are run for real against local redis-server processes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 from urllib.parse import urlsplit
 
 import pytest
@@ -107,8 +108,11 @@ def _host_path(compose: dict[str, Any], service: dict[str, Any], container_path:
     """The file of compose/ that a service sees at ``container_path`` (bind mount or secret)."""
     for volume in service.get("volumes", []):
         source, _, rest = volume.partition(":")
-        if source.startswith(".") and rest.split(":")[0] == container_path:
+        target = rest.split(":")[0]
+        if source.startswith(".") and target == container_path:
             return Path(COMPOSE_DIR / source).resolve()
+        if source.startswith(".") and container_path.startswith(target + "/"):  # a directory
+            return Path(COMPOSE_DIR / source, container_path.removeprefix(target + "/")).resolve()
     for secret in service.get("secrets", []):
         if container_path == f"/run/secrets/{secret}":
             return Path(COMPOSE_DIR, compose["secrets"][secret]["file"]).resolve()
@@ -129,7 +133,9 @@ def _parse_server(compose: dict[str, Any], service: dict[str, Any]) -> ServerSet
         assert key.startswith("TELEMETER_"), key
         field = key.removeprefix("TELEMETER_").lower()
         assert field in ServerSettings.model_fields, f"{key} is not a server setting"
-        env[field] = value
+        # Lists come as JSON, as pydantic-settings reads them from the environment.
+        is_list = get_origin(ServerSettings.model_fields[field].annotation) is list
+        env[field] = json.loads(value) if is_list else value
     if "whitelist_file" in flags:
         flags["whitelist_file"] = _host_path(compose, service, str(flags["whitelist_file"]))
     return ServerSettings(**(env | flags))
@@ -182,6 +188,7 @@ def test_server_command_lines_parse_and_agree_with_the_rest_of_the_file(
         assert s.whitelist_rules(), "a server without a whitelist drops everything"
         assert s.shared_key is not None
         assert _host_path(compose, service, str(s.shared_key)).name == "signing-key.pem"
+        assert s.verify_key == [], "no verify key unless TELEMETER_VERIFY_KEYS is set"
         assert s.redis_secret() == TEST_ENV["REDIS_PASSWORD"]
         nodes, _ = parse_redis_url(s.redis_url)
         for host, port in nodes:
@@ -200,6 +207,19 @@ def test_server_command_lines_parse_and_agree_with_the_rest_of_the_file(
         }
         grace = parse_duration(service["stop_grace_period"])
         assert grace > s.ring_lease + SHUTDOWN_GRACE_S, f"{name}: SIGKILL before the ring release"
+
+
+def test_verify_keys_are_files_of_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = ["/etc/telemeter/keys/signing-key-old.pem", "/etc/telemeter/keys/older.pub.pem"]
+    monkeypatch.setitem(TEST_ENV, "TELEMETER_VERIFY_KEYS", json.dumps(keys))
+    rotating = _interpolate(yaml.safe_load(COMPOSE_FILE.read_text()))
+    for service in _services(rotating, "telemeter-server").values():
+        s = _parse_server(rotating, service)
+        assert [str(path) for path in s.verify_key] == keys
+        assert [_host_path(rotating, service, str(path)) for path in s.verify_key] == [
+            (COMPOSE_DIR / "secrets" / name).resolve()
+            for name in ("signing-key-old.pem", "older.pub.pem")
+        ]
 
 
 def test_client_command_line_parses_and_reaches_the_servers(compose: dict[str, Any]) -> None:

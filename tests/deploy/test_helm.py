@@ -106,8 +106,20 @@ FORWARDING: dict[str, Any] = {
         },
     },
 }
+# Mid-rotation (docs/operations.md "Rotating the signing key"): the new key signs, two older
+# ones are still accepted.
+ROTATION: dict[str, Any] = {
+    "signingKey": {
+        "existingSecret": "telemeter-signing-2026",
+        "verifyKeys": [
+            {"secret": "telemeter-signing-2025", "key": "public.pem"},
+            {"secret": "telemeter-signing-2024"},
+        ],
+    },
+}
 VALUES = {
     "default": None,
+    "rotation": ROTATION,
     "non-default": NON_DEFAULT,
     "forwarding": FORWARDING,
     "forward-url-only": {"forward": {"url": "http://thanos-receive:19291/api/v1/receive"}},
@@ -204,8 +216,9 @@ def test_every_core_manifest_is_valid_kubernetes(which: str) -> None:
             continue  # a CRD, not in the Kubernetes schemas: checked field by field below
         for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
             kubernetes_validate.validate(doc, version, strict=True)
-    expected = {"Deployment", "Service", "Secret", "ServiceAccount", "NetworkPolicy"}
-    expected |= {"PodDisruptionBudget"}
+    expected = {"Deployment", "Service", "ServiceAccount", "NetworkPolicy", "PodDisruptionBudget"}
+    if which != "rotation":  # there every Secret exists already
+        expected |= {"Secret"}
     if which == "non-default":
         expected |= {"HorizontalPodAutoscaler", "ServiceMonitor"}
     assert expected <= kinds
@@ -248,6 +261,11 @@ def test_server_deployment_matches_the_real_flags_ports_and_routes(which: str) -
     (key_volume,) = [v for v in pod["volumes"] if v["name"] == "signing-key"]
     (item,) = key_volume["secret"]["items"]
     assert str(s.shared_key) == f"{mounts['signing-key']}/{item['path']}"
+    # Every verify key is a file of its own Secret's volume.
+    verify_volumes = [v for v in pod["volumes"] if v["name"].startswith("verify-key-")]
+    assert [str(path) for path in s.verify_key] == [
+        f"{mounts[v['name']]}/{v['secret']['items'][0]['path']}" for v in verify_volumes
+    ]
     # A restricted pod, as the image's own user, on a read-only root filesystem.
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
@@ -274,6 +292,22 @@ def test_non_default_values_reach_the_server() -> None:
         "key": "redis-password",
     }
     assert not [d for d in _kind("non-default", "Secret") if "signing" in d["metadata"]["name"]]
+
+
+def test_verify_keys_are_mounted_from_their_secrets() -> None:
+    deployment = _one("rotation", "Deployment", FULLNAME)
+    s = _server_settings(_container(deployment))
+    assert s.verify_key == [
+        Path("/etc/telemeter/verify-keys/0/public.pem"),
+        Path("/etc/telemeter/verify-keys/1/signing-key.pem"),
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert volumes["verify-key-0"]["secretName"] == "telemeter-signing-2025"
+    assert volumes["verify-key-0"]["items"] == [{"key": "public.pem", "path": "public.pem"}]
+    assert volumes["verify-key-1"]["secretName"] == "telemeter-signing-2024"
+    assert volumes["signing-key"]["secretName"] == "telemeter-signing-2026"
+    assert not _server_settings(_container(_one("default", "Deployment", FULLNAME))).verify_key
 
 
 def test_default_signing_key_is_generated_and_loadable() -> None:

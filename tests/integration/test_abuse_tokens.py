@@ -79,6 +79,10 @@ def forged_token(attack: str, cluster_id: str, key_path: Path) -> str:
         return TokenIssuer(key).issue(account_id="a", labels={"_id": cluster_id}, now=issued)
     if attack == "signed by another key":
         return TokenIssuer(other_key()).issue(account_id="a", labels={"_id": cluster_id})
+    if attack == "unknown key id":  # signed by the server's own key, but naming another
+        return pyjwt.encode(
+            _claims(cluster_id), signed, algorithm="ES256", headers={"kid": "no-such-key"}
+        )
     overrides: dict[str, dict[str, Any]] = {
         "wrong issuer": {"iss": "evil.example"},
         "wrong audience": {"aud": ["someone-else"]},
@@ -103,6 +107,7 @@ ATTACKS = [
     "no audience",
     "no expiry",
     "signed by another key",
+    "unknown key id",
     "no cluster label",
     "cluster label breaking the hash tag",
     "labels not strings",

@@ -64,6 +64,7 @@ app.kubernetes.io/component: client
 
 {{/* Ports and paths fixed by the server (its flags and routes). */}}
 {{- define "telemeter.signingKeyDir" -}}/etc/telemeter/signing-key{{- end }}
+{{- define "telemeter.verifyKeyDir" -}}/etc/telemeter/verify-keys{{- end }}
 {{- define "telemeter.forwardDir" -}}/etc/telemeter/forward{{- end }}
 
 {{/* The shortest grace period that lets a pod release its ring leases and drain. */}}

@@ -63,7 +63,8 @@ def test_inconsistent_flags_are_refused(
 
 # The flags of the hand-written parser the generated one replaced: the Go server's names.
 FORMER_FLAGS = {
-    "--listen", "--listen-internal", "--name", "--shared-key", "--token-expire-seconds",
+    "--listen", "--listen-internal", "--name", "--shared-key", "--verify-key",
+    "--token-expire-seconds",
     "--authorize", "--authorize-cache-ttl", "--auth-failure-limit", "--partition-label", "--label",
     "--required-label", "--whitelist", "--whitelist-file", "--elide-label", "--limit-bytes",
     "--limit-uncompressed-bytes", "--limit-receive-bytes", "--limit-receive-uncompressed-bytes",
@@ -84,6 +85,14 @@ FORMER_FLAGS = {
 def test_the_flags_are_exactly_the_former_ones() -> None:
     flags = {s for a in build_parser()._actions for s in a.option_strings} - {"-h", "--help"}
     assert flags == FORMER_FLAGS  # no --redis-password: a secret stays out of the process list
+
+
+def test_verify_key_is_repeatable(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = parse_settings(["--verify-key", "old.pem", "--verify-key", "older.pem"])
+    assert s.verify_key == [Path("old.pem"), Path("older.pem")] and s.shared_key is None
+    assert parse_settings([]).verify_key == []
+    monkeypatch.setenv("TELEMETER_VERIFY_KEY", '["/keys/a.pem"]')
+    assert parse_settings([]).verify_key == [Path("/keys/a.pem")]
 
 
 def test_help_shows_every_flag_with_its_help_and_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from app.errors import InvalidToken
+from app.runtime import Runtime
+from app.settings import ServerSettings
 from app.tokens import (
     Claims,
     SigningKey,
@@ -22,6 +24,8 @@ from app.tokens import (
     TokenVerifier,
     generate_signing_key,
     load_signing_key,
+    load_verify_key,
+    thumbprint,
 )
 
 TESTDATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "testdata").resolve()
@@ -117,7 +121,9 @@ def test_issued_token_has_the_go_layout(upstream_key: SigningKey, recorded_token
     )
     header, payload = _unverified_parts(token)
     go_header, go_payload = _unverified_parts(recorded_token)
-    assert header == go_header == {"alg": "ES256", "kid": ""}
+    # Same algorithm; our kid names the signing key, where Go writes "" (both verify here).
+    assert go_header == {"alg": "ES256", "kid": ""}
+    assert header == {"alg": "ES256", "kid": thumbprint(upstream_key)}
     assert payload.keys() == go_payload.keys()
     assert payload["iss"] == go_payload["iss"] == "telemeter.selfsigned"
     # Both audiences, so the 2019 Go server ("federate") and newer ones accept it.
@@ -365,3 +371,143 @@ def test_failures_are_not_cached(key: SigningKey) -> None:
 def test_verifier_needs_a_key() -> None:
     with pytest.raises(ValueError, match="key"):
         TokenVerifier([])
+
+
+# --- key ids and rotation (docs/operations.md, "Rotating the signing key") ---------------------
+
+
+def _b64int(text: str) -> int:
+    return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+
+
+# The RSA key of RFC 7638 section 3.1 and its thumbprint.
+RFC7638_N = (
+    "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
+    "ebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY"
+    "368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0f"
+    "M4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+)
+RFC7638_THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_thumbprint_matches_the_rfc7638_example() -> None:
+    key = rsa.RSAPublicNumbers(_b64int("AQAB"), _b64int(RFC7638_N)).public_key()
+    assert thumbprint(key) == RFC7638_THUMBPRINT
+
+
+def test_ec_thumbprint_is_over_the_canonical_members(key: SigningKey) -> None:
+    assert isinstance(key.public_key, ec.EllipticCurvePublicKey)
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key))
+    canonical = f'{{"crv":"{jwk["crv"]}","kty":"EC","x":"{jwk["x"]}","y":"{jwk["y"]}"}}'
+    assert thumbprint(key) == _b64(hashlib.sha256(canonical.encode()).digest())
+    assert thumbprint(key) == thumbprint(key.public_key) != thumbprint(generate_signing_key())
+
+
+def test_issued_token_carries_the_signing_key_thumbprint(key: SigningKey) -> None:
+    token = TokenIssuer(key).issue(account_id="a", labels={"_id": "c"}, now=NOW)
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": thumbprint(key)}
+
+
+def _public_pem(key: SigningKey) -> bytes:
+    return key.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_verify_key_loads_from_a_public_or_a_private_pem() -> None:
+    ec_key = generate_signing_key()
+    rsa_key = load_signing_key(_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    for signing in (ec_key, rsa_key):
+        for pem in (_public_pem(signing), _pem(signing.private_key)):
+            assert thumbprint(load_verify_key(pem)) == thumbprint(signing)
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        pytest.param(
+            ed25519.Ed25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            id="ed25519-public",
+        ),
+        pytest.param(_pem(ec.generate_private_key(ec.SECP256K1())), id="secp256k1"),
+        pytest.param(b"not a pem", id="garbage"),
+    ],
+)
+def test_unsupported_verify_keys_are_refused(pem: bytes) -> None:
+    with pytest.raises(ValueError, match=r"key|curve"):
+        load_verify_key(pem)
+
+
+def _sign_kid(key: SigningKey, kid: str | None, **claims: Any) -> str:
+    headers: dict[str, Any] = {"typ": None} if kid is None else {"kid": kid, "typ": None}
+    return jwt.encode(_payload(**claims), key.private_key, algorithm=key.algorithm, headers=headers)
+
+
+def test_token_of_a_verify_key_is_accepted() -> None:
+    old, new = generate_signing_key(), generate_signing_key()
+    token = TokenIssuer(old).issue(account_id="a", labels={"_id": "c"}, now=NOW)
+    verifier = TokenVerifier([new, load_verify_key(_public_pem(old))], clock=FakeClock(NOW))
+    assert verifier.verify(token).subject == "a"
+    fresh = TokenIssuer(new).issue(account_id="b", labels={"_id": "c"}, now=NOW)
+    assert verifier.verify(fresh).subject == "b"
+
+
+@pytest.mark.parametrize("kid", ["", None])
+def test_empty_or_missing_kid_is_tried_against_every_key(kid: str | None) -> None:
+    keys = [generate_signing_key() for _ in range(3)]
+    verifier = TokenVerifier(keys, clock=FakeClock(NOW))
+    for n, signing in enumerate(keys):
+        assert verifier.verify(_sign_kid(signing, kid, sub=f"s{n}")).subject == f"s{n}"
+
+
+def test_kid_selects_one_key_only() -> None:
+    first, second = generate_signing_key(), generate_signing_key()
+    verifier = TokenVerifier([first, second], clock=FakeClock(NOW))
+    # Signed by second but naming first: checked against first only, so refused.
+    with pytest.raises(InvalidToken, match="signature"):
+        verifier.verify(_sign_kid(second, thumbprint(first)))
+    assert verifier.verify(_sign_kid(second, thumbprint(second))).subject == "account-1"
+
+
+@pytest.mark.parametrize("kid", ["unknown", RFC7638_THUMBPRINT, 7, ["x"]])
+def test_unknown_kid_is_refused(key: SigningKey, kid: Any) -> None:
+    # Signed by hand: pyjwt will not write a kid that is not a string.
+    header = _b64(json.dumps({"alg": "ES256", "kid": kid}).encode())
+    signing_input = f"{header}.{_b64(json.dumps(_payload()).encode())}"
+    assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
+    algorithm = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256)
+    signature = algorithm.sign(signing_input.encode(), key.private_key)
+    # pyjwt reads a kid that is not a string as malformed; a string one is unknown here.
+    with pytest.raises(InvalidToken, match="key id" if isinstance(kid, str) else "malformed"):
+        _verifier(key).verify(f"{signing_input}.{_b64(signature)}")
+
+
+def test_token_of_a_removed_key_is_refused() -> None:
+    old, new = generate_signing_key(), generate_signing_key()
+    token = TokenIssuer(old).issue(account_id="a", labels={"_id": "c"}, now=NOW)
+    assert TokenVerifier([new, old.public_key], clock=FakeClock(NOW)).verify(token).subject == "a"
+    after = TokenVerifier([new], clock=FakeClock(NOW))  # the old key removed: a restart
+    with pytest.raises(InvalidToken, match="key id"):
+        after.verify(token)
+    with pytest.raises(InvalidToken, match="signature"):
+        after.verify(_sign_kid(old, ""))  # the Go layout: tried against new, which fails
+
+
+def test_runtime_signs_with_shared_key_and_accepts_verify_keys(tmp_path: Path) -> None:
+    old, new = generate_signing_key(), generate_signing_key()
+    (tmp_path / "new.pem").write_bytes(_pem(new.private_key))
+    (tmp_path / "old.pub.pem").write_bytes(_public_pem(old))
+    settings = ServerSettings(
+        name="t", shared_key=tmp_path / "new.pem", verify_key=[tmp_path / "old.pub.pem"]
+    )
+    rt = Runtime(settings)  # builds, opens nothing
+    assert rt.issuer.kid == thumbprint(new)
+    old_token = TokenIssuer(old).issue(account_id="a", labels={"_id": "c"})
+    assert rt.verifier.verify(old_token).subject == "a"
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ValueError, match=f"--verify-key {missing}"):
+        Runtime(settings.model_copy(update={"verify_key": [missing]}))
