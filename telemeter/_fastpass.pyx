@@ -12,15 +12,20 @@ taken from its last occurrence instead of being merged.
 """
 
 from libc.math cimport isinf
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
 from telemeter._buffer cimport Buf, put, put_count, put_escaped, put_uint, put_value, scan_value
+from telemeter._hash cimport tm_item_hash, tm_value_hash
 from telemeter.errors import InvalidPayload, TooLarge
+from telemeter.upload import duplicate_series, same_series
+
+import os
+cdef uint64_t SEED = int.from_bytes(os.urandom(8), "little")  # per process: no crafted collisions
 
 cdef extern from *:
     """
@@ -75,6 +80,13 @@ cdef struct Label:
     Py_ssize_t value
     Py_ssize_t value_len
     bint plain  # the value is ASCII with nothing to escape (set by check_values)
+
+cdef struct Slot:  # a series kept in the upload: where its metric and its name are in the bytes
+    uint64_t hash
+    uint32_t start  # offsets in the upload, refused beyond 4 GiB
+    uint32_t len
+    uint32_t name
+    uint32_t name_len  # 0: the slot is free (a metric name is never empty)
 
 cdef struct Pair:
     const char *name
@@ -238,6 +250,7 @@ cdef inline bint before(const char *a, Py_ssize_t an, const char *b, Py_ssize_t 
 cdef class _Pass:
     cdef const uint8_t *d
     cdef object whitelist
+    cdef object config
     cdef Pair *tokens
     cdef Py_ssize_t ntokens
     cdef Pair *extras
@@ -255,6 +268,13 @@ cdef class _Pass:
     cdef Py_ssize_t *action  # per name: ELIDED, KEPT, or the index of the extra label replacing it
     cdef bint *extra_used  # per extra label: it replaces one of the names (else it is appended)
     cdef Buf lbuf
+    cdef uint64_t lhash  # the sum of the hashes of the labels in lbuf
+    cdef uint64_t *name_hash_at  # per name: its hash (the seed of its value's)
+    cdef uint64_t *extra_hash  # per extra label: the hash of its name and value
+    cdef uint64_t name_hash  # the hash of the family's name
+    # The series kept so far, by hash: an open-addressing table, at most half full.
+    cdef Slot *slots
+    cdef Py_ssize_t nslots, nseries
     cdef Buf fbuf
     cdef char ts[32]
     cdef int ts_len
@@ -269,6 +289,9 @@ cdef class _Pass:
         free(self.token_at)
         free(self.action)
         free(self.extra_used)
+        free(self.slots)
+        free(self.name_hash_at)
+        free(self.extra_hash)
         free(self.lbuf.data)
         free(self.fbuf.data)
 
@@ -279,6 +302,7 @@ cdef class _Pass:
         cdef const char *name
         cdef const char *value
         cdef Py_ssize_t name_len, value_len
+        cdef uint64_t h = 0  # a label's hash: its value's, seeded with its name's
         b.len = 0
         for i in range(nlabels):
             j = self.action[i]
@@ -302,6 +326,7 @@ cdef class _Pass:
             else:
                 put_escaped(b, value, value_len)
             put(b, '"', 1)
+            h += tm_value_hash(value, value_len, self.name_hash_at[i]) if j == KEPT else self.extra_hash[j]
         for j in range(self.nextras):
             if self.extra_used[j] or self.extras[j].value_len == 0:
                 continue
@@ -310,6 +335,8 @@ cdef class _Pass:
             put(b, '="', 2)
             put_escaped(b, self.extras[j].value, self.extras[j].value_len)
             put(b, '"', 1)
+            h += self.extra_hash[j]
+        self.lhash = h
         return 0
 
     cdef int line_start(self, const char *name, Py_ssize_t name_len, const char *suffix,
@@ -343,6 +370,53 @@ cdef class _Pass:
         self.line_labels(NULL, 0, False)
         put_value(&self.fbuf, value)
         return self.line_end()
+
+    cdef int check_series(self, Span span, const char *name, Py_ssize_t name_len) except -1:
+        """Refuse a series (the metric at `span`, rendered in lbuf) already kept in this upload."""
+        cdef Py_ssize_t i, j, size
+        cdef uint64_t h = tm_item_hash(<const char *>&self.lhash, 8, self.name_hash)
+        cdef Slot *grown
+        cdef Slot *s
+        if 2 * (self.nseries + 1) > self.nslots:
+            size = 2 * self.nslots
+            grown = <Slot *>calloc(size, sizeof(Slot))
+            if grown == NULL:
+                raise MemoryError()
+            for i in range(self.nslots):
+                if self.slots[i].name_len:
+                    j = self.slots[i].hash & (size - 1)
+                    while grown[j].name_len:
+                        j = (j + 1) & (size - 1)
+                    grown[j] = self.slots[i]
+            free(self.slots)
+            self.slots = grown
+            self.nslots = size
+        i = h & (self.nslots - 1)
+        while self.slots[i].name_len:
+            s = &self.slots[i]
+            if s.hash == h and self.same_series(s, span, name, name_len):
+                key = PyBytes_FromStringAndSize(name, name_len) + \
+                    PyBytes_FromStringAndSize(self.lbuf.data, self.lbuf.len)
+                raise duplicate_series(key)
+            i = (i + 1) & (self.nslots - 1)
+        s = &self.slots[i]
+        s.hash = h
+        s.start = <uint32_t>span.start
+        s.len = <uint32_t>(span.end - span.start)
+        s.name = <uint32_t>(name - <const char *>self.d)
+        s.name_len = <uint32_t>name_len
+        self.nseries += 1
+        return 0
+
+    cdef bint same_series(self, Slot *s, Span span, const char *name, Py_ssize_t name_len) except -1:
+        """Whether a kept series of the same hash is the metric at `span` (rare: compared on
+        the decoded metrics, by telemeter.upload.same_series)."""
+        cdef const char *d = <const char *>self.d
+        if not same(d + s.name, s.name_len, name, name_len):
+            return False
+        return same_series(PyBytes_FromStringAndSize(d + s.start, s.len),
+                           PyBytes_FromStringAndSize(d + span.start, span.end - span.start),
+                           self.config)
 
     cdef int render_summary(self, const char *name, Py_ssize_t name_len, Span span) except -1:
         cdef const uint8_t *d = self.d
@@ -520,6 +594,8 @@ cdef class _Pass:
         for j in range(self.nextras):
             self.extra_used[j] = False
         for i in range(nlabels):
+            self.name_hash_at[i] = tm_item_hash(<const char *>d + self.labels[i].name,
+                                                self.labels[i].name_len, SEED)
             self.action[i] = KEPT
             for j in range(self.nelide):
                 if same(<const char *>d + self.labels[i].name, self.labels[i].name_len,
@@ -655,6 +731,7 @@ cdef class _Pass:
         elif ts > self.now_ms:
             self.future += 1
         self.put_labels(nlabels)
+        self.check_series(span, name, name_len)
         if field == 4:
             self.render_summary(name, name_len, values[4])
         elif field == 7:
@@ -681,6 +758,7 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
     cdef int decision
     p.d = d
     p.whitelist = config.whitelist
+    p.config = config
     p.max_series = config.max_series
     p.max_labels = config.max_labels
     p.max_len = config.max_label_length
@@ -700,12 +778,25 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
     p.shape_n = -1
     p.token_at = <Py_ssize_t *>malloc((p.ntokens + 1) * sizeof(Py_ssize_t))
     p.action = <Py_ssize_t *>malloc((p.max_labels + 1) * sizeof(Py_ssize_t))
+    p.name_hash_at = <uint64_t *>malloc((p.max_labels + 1) * sizeof(uint64_t))
+    p.extra_hash = <uint64_t *>malloc((p.nextras + 1) * sizeof(uint64_t))
     p.extra_used = <bint *>malloc((p.nextras + 1) * sizeof(bint))
     if (p.labels == NULL or p.shape == NULL or p.token_at == NULL or p.action == NULL
-            or p.extra_used == NULL):
+            or p.extra_used == NULL or p.name_hash_at == NULL or p.extra_hash == NULL):
         raise MemoryError()
+    for count in range(p.nextras):
+        p.extra_hash[count] = tm_item_hash(
+            p.extras[count].value, p.extras[count].value_len,
+            tm_item_hash(p.extras[count].name, p.extras[count].name_len, SEED))
+    count = 0
     p.ts_len = snprintf(p.ts, 32, " %lld\n", <long long>now_ms)
 
+    if n > 0xFFFFFFFF:  # the table of kept series keeps 32-bit offsets
+        raise TooLarge("upload larger than 4 GiB")
+    p.nslots = 512  # the table of kept series, grown when half full
+    p.slots = <Slot *>calloc(p.nslots, sizeof(Slot))
+    if p.slots == NULL:
+        raise MemoryError()
     # Count the families first, so too many of them is reported before anything else (413).
     while pos < n:
         read_len(d, &pos, n, &msg)
@@ -749,6 +840,7 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
         if nmetrics == 0:
             continue
         family = PyUnicode_DecodeASCII(name, name_len, NULL)
+        p.name_hash = tm_item_hash(name, name_len, SEED)
         if types.setdefault(family, kind) != kind:
             raise InvalidPayload(f"family {family} appears twice with different types")
         decision = decisions.get(family, -1)  # the whitelist's cached decision, if any

@@ -19,8 +19,10 @@ and then per metric, so both implementations report the first problem the same w
 
 Then: families whose name the whitelist rejects are dropped whole (decided once per family),
 other series are filtered by the whitelist on their incoming labels, elided labels are removed,
-``extra_labels`` are added (replacing a label of the same name), every timestamp is replaced by
-the server's receive time, and the sample lines are rendered in the text format of
+``extra_labels`` are added (replacing a label of the same name), a series kept twice (the same
+name and the same rendered labels, in any order: a summary or histogram is one series of its
+labels, and two families of the same name are one family) is refused, every timestamp is
+replaced by the server's receive time, and the sample lines are rendered in the text format of
 `telemeter.exposition`.
 """
 
@@ -109,7 +111,8 @@ def _check_label_pairs(metric: metrics_pb2.Metric, config: PassConfig, family: s
         seen.add(name)
 
 
-def _render_labels(metric: metrics_pb2.Metric, config: PassConfig) -> str:
+def _rendered_labels(metric: metrics_pb2.Metric, config: PassConfig) -> list[str]:
+    """The labels a series is rendered with (`name="value"`), in rendering order."""
     extra = dict(config.extra_labels)
     parts: list[str] = []
     for pair in metric.label:
@@ -121,7 +124,30 @@ def _render_labels(metric: metrics_pb2.Metric, config: PassConfig) -> str:
     parts.extend(
         f'{k}="{escape_label_value(v)}"' for k, v in config.extra_labels if k in extra and v
     )
+    return parts
+
+
+def _joined(parts: list[str]) -> str:
     return "{" + ",".join(parts) if parts else ""
+
+
+MAX_SHOWN = 200  # bytes of a duplicate series shown in the reason
+
+
+def duplicate_series(key: bytes) -> InvalidPayload:
+    """The error for a series kept twice; `key` is its name and rendered labels, unclosed."""
+    shown = key + b"}" if b"{" in key else key
+    text = shown[:MAX_SHOWN].decode("utf-8", "ignore") + ("..." if len(shown) > MAX_SHOWN else "")
+    return InvalidPayload(f"duplicate series {text}")
+
+
+def same_series(a: bytes, b: bytes, config: PassConfig) -> bool:
+    """Whether two encoded metrics (of families of the same name) are rendered with the same
+    labels, in any order (the compiled pass asks when their hashes are the same)."""
+    labels_a = _rendered_labels(metrics_pb2.Metric.FromString(a), config)
+    return frozenset(labels_a) == frozenset(
+        _rendered_labels(metrics_pb2.Metric.FromString(b), config)
+    )
 
 
 def process_reference(
@@ -133,6 +159,7 @@ def process_reference(
     ts = f" {now_ms}\n"
     out: dict[str, tuple[int, list[str]]] = {}
     types: dict[str, int] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()  # the series kept so far: name and labels
     for family in families:
         name = family.name
         if (
@@ -177,7 +204,12 @@ def process_reference(
                 result.past += 1
             elif stamp > now_ms:
                 result.future += 1
-            lines.append(render_metric(name, kind, metric, _render_labels(metric, config), ts))
+            parts = _rendered_labels(metric, config)
+            series = (name, frozenset(parts))
+            if series in seen:
+                raise duplicate_series((name + _joined(parts)).encode())
+            seen.add(series)
+            lines.append(render_metric(name, kind, metric, _joined(parts), ts))
         if lines:
             out.setdefault(name, (kind, []))[1].extend(lines)
     result.families = [(n, k, "".join(lines).encode()) for n, (k, lines) in out.items()]

@@ -205,6 +205,14 @@ BAD_UPLOADS: dict[str, tuple[int, BadBody]] = {
         400,
         lambda cid: _families(family("m" * 256, [gauge({"_id": cid}, now_ms())])),
     ),
+    "duplicate series": (
+        400,
+        lambda cid: _families(family("m", [gauge({"_id": cid}, now_ms())] * 2)),
+    ),
+    "duplicate series in two families of one name": (
+        400,
+        lambda cid: _families(*[family("m", [gauge({"_id": cid}, now_ms())])] * 2),
+    ),
     "body larger than the limit": (413, lambda cid: b"\x00" * (600 * 1024)),
     "decompressed size over the limit": (
         413,
@@ -383,6 +391,36 @@ def test_self_metrics_count_rejects_by_reason(server: ServerHandle) -> None:
     metrics = httpx.get(f"{server.internal}/metrics").text
     for name in ("http_requests_total", "telemeter_redis_duration_seconds", "telemeter_partitions"):
         assert name in metrics
+
+
+def test_duplicate_series_is_refused_naming_it(server: ServerHandle, rclient: RedisCluster) -> None:
+    cluster_id = new_id()
+    jwt = push_standard(server, cluster_id)
+    before, counted = stored(rclient, cluster_id), rejects(server)
+    now = now_ms()
+    for metrics in (  # the same labels in another order, or differing in an elided one
+        [gauge({"_id": cluster_id, "job": "x"}, now), gauge({"job": "x", "_id": cluster_id}, now)],
+        [
+            gauge({"_id": cluster_id, "job": "x", "prometheus_replica": "a"}, now),
+            gauge({"_id": cluster_id, "job": "x", "prometheus_replica": "b"}, now),
+        ],
+    ):
+        answer = upload(
+            server,
+            jwt,
+            _families(family("up", [gauge({"_id": cluster_id}, now)]), family("up", metrics)),
+        )
+        assert answer.status_code == 400, answer.text
+        # The second one is named, as it would be rendered (prometheus_replica elided).
+        shown = "".join(
+            f'{k}="{v}",'
+            for k, v in ((p.name, p.value) for p in metrics[1].label)
+            if k != "prometheus_replica"
+        )
+        assert answer.text == f"duplicate series up{{{shown[:-1]}}}\n"
+    assert stored(rclient, cluster_id) == before
+    assert len(series_of(federate(server), cluster_id)) == 233
+    assert rejects(server).get("invalid", 0) == counted.get("invalid", 0) + 2
 
 
 # ---- HTTP details of the upload path (answered straight from the parser) -----------------------

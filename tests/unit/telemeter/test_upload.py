@@ -76,20 +76,27 @@ def metrics(draw: st.DrawFn, kind: int, ts: int) -> metrics_pb2.Metric:
 CORRUPTIONS = [
     "no timestamp", "old timestamp", "unsorted", "duplicate label", "bad label name",
     "long value", "spoofed id", "missing id", "wrong value field", "bad family name",
-    "long family name",
+    "long family name", "duplicate series", "duplicate reordered", "duplicate in a second family",
+    "duplicate but the elided label",
 ]  # fmt: skip
 
 
-def corrupt(draw: st.DrawFn, fam: metrics_pb2.MetricFamily, how: str) -> None:
+def corrupt(
+    draw: st.DrawFn, fam: metrics_pb2.MetricFamily, how: str
+) -> list[metrics_pb2.MetricFamily]:
+    """Apply one fault to `fam`; returns the families to add to the upload."""
     if how == "bad family name":
         fam.name = draw(st.sampled_from(["", "9bad", "a-b"]))
-        return
-    if how == "long family name":
+    elif how == "long family name":
         fam.name = "m" * 256
-        return
-    if not fam.metric:
-        return
-    m = fam.metric[draw(st.integers(0, len(fam.metric) - 1))]
+    elif fam.metric and how.startswith("duplicate"):
+        return duplicate(draw, fam, fam.metric[draw(st.integers(0, len(fam.metric) - 1))], how)
+    elif fam.metric:
+        corrupt_metric(draw, fam.metric[draw(st.integers(0, len(fam.metric) - 1))], how)
+    return []
+
+
+def corrupt_metric(draw: st.DrawFn, m: metrics_pb2.Metric, how: str) -> None:
     if how == "no timestamp":
         m.ClearField("timestamp_ms")
     elif how == "old timestamp":
@@ -116,6 +123,32 @@ def corrupt(draw: st.DrawFn, fam: metrics_pb2.MetricFamily, how: str) -> None:
         set_value(draw, m, draw(st.sampled_from(sorted(set(VALUE_FIELDS.values())))))
 
 
+def duplicate(
+    draw: st.DrawFn, fam: metrics_pb2.MetricFamily, m: metrics_pb2.Metric, how: str
+) -> list[metrics_pb2.MetricFamily]:
+    """Send the series of `m` again: the copy comes last, with the family's last timestamp."""
+    copy = metrics_pb2.Metric()
+    copy.CopyFrom(m)
+    copy.timestamp_ms = fam.metric[-1].timestamp_ms
+    set_value(draw, copy, VALUE_FIELDS[fam.type])
+    if how == "duplicate reordered":
+        pairs = [(p.name, p.value) for p in copy.label][::-1]
+        del copy.label[:]
+        for name, value in pairs:
+            copy.label.add(name=name, value=value)
+    elif how == "duplicate but the elided label":  # a duplicate only when pod is elided
+        kept = [p for p in copy.label if p.name != "pod"]
+        del copy.label[:]
+        copy.label.extend(kept)
+        copy.label.add(name="pod", value=draw(st.sampled_from(["", "other", "p"])))
+    if how == "duplicate in a second family":
+        second = metrics_pb2.MetricFamily(name=fam.name, type=fam.type)
+        second.metric.append(copy)
+        return [second]
+    fam.metric.append(copy)
+    return []
+
+
 @st.composite
 def families(draw: st.DrawFn) -> list[metrics_pb2.MetricFamily]:
     out = []
@@ -128,7 +161,7 @@ def families(draw: st.DrawFn) -> list[metrics_pb2.MetricFamily]:
         fam.metric.extend(draw(metrics(kind, ts)) for ts in stamps)
         out.append(fam)
     if out and draw(st.integers(0, 9)) < 4:  # about 40% of uploads carry one fault
-        corrupt(draw, draw(st.sampled_from(out)), draw(st.sampled_from(CORRUPTIONS)))
+        out += corrupt(draw, draw(st.sampled_from(out)), draw(st.sampled_from(CORRUPTIONS)))
     return out
 
 
@@ -148,7 +181,8 @@ def run_both(data: bytes, config: PassConfig) -> tuple[object, object]:
         try:
             results.append(fn(data, config, now_ms=NOW, min_timestamp_ms=NOW - DAY))
         except (InvalidPayload, TooLarge) as exc:
-            results.append(type(exc))
+            # The reasons of the two differ in wording, except for a duplicate series.
+            results.append((type(exc), str(exc) if "duplicate series" in str(exc) else None))
     return results[0], results[1]
 
 
@@ -328,10 +362,11 @@ SAME_NAMES_CASES = {
 @pytest.mark.parametrize("case", sorted(SAME_NAMES_CASES))
 def test_metrics_with_the_label_names_of_the_one_before(case: str) -> None:
     """The pass checks label names once for a run of metrics with the same names: the values,
-    the required labels, elision and extra labels must still apply to every metric."""
+    the required labels, elision and extra labels must still apply to every metric (here of
+    two families: in one, the two would be a duplicate series)."""
     labels, error = SAME_NAMES_CASES[case]
-    fam = metrics_pb2.MetricFamily(name="m", type=metrics_pb2.GAUGE)
-    for pairs in ([("_id", "c1"), ("job", "a"), ("pod", "p")], labels):
+    fams = [metrics_pb2.MetricFamily(name=name, type=metrics_pb2.GAUGE) for name in ("m", "n")]
+    for fam, pairs in zip(fams, ([("_id", "c1"), ("job", "a"), ("pod", "p")], labels), strict=True):
         m = fam.metric.add(timestamp_ms=NOW)
         m.gauge.value = 1
         for name, value in pairs:
@@ -342,11 +377,105 @@ def test_metrics_with_the_label_names_of_the_one_before(case: str) -> None:
         extra_labels=(("job", "override"),),
         elide_labels=frozenset({"pod"}),
     )
-    fast, ref = run_both(write_families([fam]), config)
+    fast, ref = run_both(write_families(fams), config)
     assert as_tuple(fast) == as_tuple(ref)
     if error is not None:
-        assert fast is error
+        assert fast == (error, None)
     else:
         assert isinstance(fast, PassResult)
         text = b"".join(block for _, _, block in fast.families).decode()
-        assert text == f'm{{_id="c1",job="override"}} 1 {NOW}\n' * 2
+        line = f'{{_id="c1",job="override"}} 1 {NOW}\n'
+        assert text == "m" + line + "n" + line
+
+
+def gauge(name: str, *labels: list[tuple[str, str]], kind: int = metrics_pb2.GAUGE) -> bytes:
+    """One family (a gauge unless told) with a metric of each label list, in that order."""
+    fam = metrics_pb2.MetricFamily(name=name)
+    fam.type = kind  # type: ignore[assignment]
+    for pairs in labels:
+        m = fam.metric.add(timestamp_ms=NOW)
+        if kind == metrics_pb2.SUMMARY:
+            m.summary.sample_count = 1
+        elif kind == metrics_pb2.HISTOGRAM:
+            m.histogram.sample_count = 1
+        else:
+            m.gauge.value = 1
+        for label, value in pairs:
+            m.label.add(name=label, value=value)
+    return write_families([fam])
+
+
+def refusal(data: bytes, config: PassConfig) -> str | None:
+    """The reason both implementations give (they must agree), or None when accepted."""
+    reasons: list[str | None] = []
+    for fn in (process, process_reference):
+        try:
+            fn(data, config, now_ms=NOW, min_timestamp_ms=0)
+            reasons.append(None)
+        except InvalidPayload as exc:
+            assert not isinstance(exc, TooLarge)
+            reasons.append(str(exc))
+    assert reasons[0] == reasons[1]
+    return reasons[0]
+
+
+C1 = PassConfig(whitelist=KEEP_ALL, token_labels=(("_id", "c1"),))
+UP = [("_id", "c1"), ("job", "x")]
+
+
+def test_a_series_sent_twice_is_refused_naming_it() -> None:
+    assert refusal(gauge("up", UP, UP), C1) == 'duplicate series up{_id="c1",job="x"}'
+    assert refusal(gauge("up", UP, [("_id", "c1"), ("job", "y")]), C1) is None
+    # The same labels in another order are the same series; the reason shows the second.
+    reordered = gauge("up", UP, UP[::-1])
+    assert refusal(reordered, C1) == 'duplicate series up{job="x",_id="c1"}'
+    # A label with an empty value is no label.
+    assert refusal(gauge("up", UP, [*UP, ("pod", "")]), C1) is not None
+    assert refusal(gauge("up", [("_id", "c1")], [("_id", "c1")]), C1) == (
+        'duplicate series up{_id="c1"}'
+    )
+
+
+def test_two_families_of_one_name_are_one_family() -> None:
+    assert refusal(gauge("up", UP) + gauge("up", UP), C1) == 'duplicate series up{_id="c1",job="x"}'
+    merged = process(gauge("up", UP) + gauge("up", UP[:1]), C1, now_ms=NOW, min_timestamp_ms=0)
+    assert [(name, block.count(b"\n")) for name, _, block in merged.families] == [("up", 2)]
+    assert refusal(gauge("up", UP) + gauge("down", UP), C1) is None
+
+
+@pytest.mark.parametrize("kind", [metrics_pb2.SUMMARY, metrics_pb2.HISTOGRAM])
+def test_a_summary_or_histogram_is_one_series_of_its_labels(kind: int) -> None:
+    assert refusal(gauge("rpc", UP, UP, kind=kind), C1) == 'duplicate series rpc{_id="c1",job="x"}'
+    assert refusal(gauge("rpc", UP, [("_id", "c1")], kind=kind), C1) is None
+
+
+def test_duplicates_after_the_transforms() -> None:
+    a, b = [*UP, ("pod", "p1")], [*UP, ("pod", "p2")]
+    assert refusal(gauge("up", a, b), C1) is None
+    elided = PassConfig(
+        whitelist=KEEP_ALL, token_labels=C1.token_labels, elide_labels=frozenset({"pod"})
+    )
+    assert refusal(gauge("up", a, b), elided) == 'duplicate series up{_id="c1",job="x"}'
+    override = PassConfig(whitelist=KEEP_ALL, token_labels=(), extra_labels=(("pod", "fixed"),))
+    assert refusal(gauge("up", a, b), override) == (
+        'duplicate series up{_id="c1",job="x",pod="fixed"}'
+    )
+    # Series the whitelist drops are never stored: sent twice, they are not refused.
+    only_down = PassConfig(whitelist=Whitelist.from_strings(["down"]), token_labels=())
+    assert refusal(gauge("up", UP, UP), only_down) is None
+
+
+def test_the_reason_is_bounded() -> None:
+    long = [("_id", "c1"), ("a", "é" * 120), ("b", "x" * 200)]
+    reason = refusal(gauge("up", long, long), C1)
+    assert reason is not None and reason.startswith('duplicate series up{_id="c1",a="é')
+    assert reason.endswith("...") and len(reason.encode()) <= len("duplicate series ") + 203
+
+
+def test_many_series_are_not_taken_for_duplicates() -> None:
+    series = [[("_id", "c1"), ("i", str(i)), ("j", str(i % 7))] for i in range(5000)]
+    config = PassConfig(whitelist=KEEP_ALL, token_labels=C1.token_labels, max_series=10_000)
+    assert refusal(gauge("m", *series), config) is None
+    assert refusal(gauge("m", *series, series[1234]), config) == (
+        'duplicate series m{_id="c1",i="1234",j="2"}'
+    )
