@@ -71,6 +71,7 @@ class Window:
     p50_ms: float  # our generator's, in the latency phase after the window
     p99_ms: float
     latency_per_s: float  # uploads/s our generator achieved then
+    generator_ms: float  # the Go benchmark's own CPU per accepted upload (on the other core)
 
     @property
     def server_ms(self) -> float:
@@ -94,9 +95,9 @@ def pushes(url: str) -> tuple[float, float]:
 @contextlib.contextmanager
 def go_benchmark(
     bench: Stack, target: ServerHandle, *, clusters: int, interval: float
-) -> Iterator[str]:
+) -> Iterator[tuple[str, int]]:
     """``telemeter-benchmark`` pushing to ``target`` until the block ends; yields its /metrics URL
-    once every cluster has pushed once."""
+    and pid once every cluster has pushed once."""
     (port,) = free_ports(1)
     argv = [
         str(go_binaries() / "telemeter-benchmark"), "--to", target.external,
@@ -113,7 +114,7 @@ def go_benchmark(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{target.name}: not every cluster pushed:\n{proc.log_tail()}")
             time.sleep(0.2)
-        yield url + "/metrics"
+        yield url + "/metrics", proc.pid
     finally:
         proc.stop()
 
@@ -125,14 +126,16 @@ def measure(
     with server(bench, mode) as handle:
         pid, redis_pids = handle.process.pid, bench.redis_pids()
         clusters = max(1, round(rate * interval))
-        with go_benchmark(bench, handle, clusters=clusters, interval=interval) as metrics:
+        with go_benchmark(bench, handle, clusters=clusters, interval=interval) as (metrics, gen):
             ok_before, failed_before = pushes(metrics)
             user_before, system_before = cpu_times(pid)
             redis_before = sum(cpu_seconds(p) for p in redis_pids)
+            gen_before = cpu_seconds(gen)
             began = time.monotonic()
             time.sleep(seconds)  # the measured window: the Go benchmark pushes meanwhile
             user, system = cpu_times(pid)
             redis_cpu = sum(cpu_seconds(p) for p in redis_pids) - redis_before
+            gen_cpu = cpu_seconds(gen) - gen_before
             elapsed = time.monotonic() - began
             ok, failed = pushes(metrics)
         accepted = max(1.0, ok - ok_before)
@@ -148,6 +151,7 @@ def measure(
         p50_ms=summary.latency_ms["p50"],
         p99_ms=summary.latency_ms["p99"],
         latency_per_s=summary.uploads_per_s,
+        generator_ms=gen_cpu / accepted * 1000,
     )
 
 
@@ -231,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict[float, tuple[float, float]]:
                     f"  run {i + 1} {mode:4} at {rate:.0f}/s: server {w.server_ms:.3f} ms/upload "
                     f"(user {w.user_ms:.3f}, system {w.system_ms:.3f}), Redis {w.redis_ms:.3f} ms"
                     f"{' (idle work, not counted)' if mode == 'go' else ''}, "
-                    f"{w.uploads_per_s:.1f} uploads/s, {w.failed} failed; our generator "
+                    f"{w.uploads_per_s:.1f} uploads/s, {w.failed} failed, Go benchmark "
+                    f"{w.generator_ms:.3f} ms CPU/upload; our generator "
                     f"p50 {w.p50_ms:.1f} ms p99 {w.p99_ms:.1f} ms at {w.latency_per_s:.1f}/s"
                 )
     return report(results, rates)
