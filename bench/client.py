@@ -24,8 +24,17 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import OTHER_CPUS, SERVER_CPUS, machine_description, median, out, pin, stack
-from bench.forward import go_binaries, metric_sum
+from bench.common import (
+    OTHER_CPUS,
+    SERVER_CPUS,
+    go_binaries,
+    machine_description,
+    median,
+    metric_sum,
+    out,
+    pin,
+    stack,
+)
 from dev.launch import ServerHandle
 from dev.ports import free_port
 from dev.processes import ManagedProcess

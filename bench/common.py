@@ -23,10 +23,13 @@ from pathlib import Path
 
 import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import keys
 from client.benchmark import BenchmarkConfig, Summary, run_benchmark
-from dev.launch import ServerHandle, start_server, write_signing_key
+from dev.launch import KEEP_ALL, ServerHandle, start_server, write_signing_key
+from dev.ports import free_ports
+from dev.processes import ManagedProcess
 from dev.redis_cluster import LocalRedisCluster
 
 STANDARD_PAYLOAD = (
@@ -37,6 +40,8 @@ STANDARD_PAYLOAD = (
     / "upstream"
     / "timeseries.txt"
 ).resolve()
+GO_BIN = Path(__file__).resolve().parents[1] / ".upstream" / "bin"
+GO_BUILD = Path(__file__).resolve().parents[1] / ".." / "shared" / "upstream" / "build.sh"
 GO_UPLOAD_CPU_MS = 1.84  # Go telemeter-server 2019, server CPU per accepted standard upload
 GO_FEDERATE_S = 0.97  # Go, /federate of 1000 clusters x 232 series on one pod
 GO_RSS_PER_SERIES = 3200  # Go keeps ~3.2 KB of RSS per stored series
@@ -88,11 +93,16 @@ def pinned(cpus: str) -> Iterator[None]:
         pin(os.getpid(), before)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, all threads (from /proc/<pid>/stat)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process, all threads (from /proc/<pid>/stat)."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text.rsplit(")", 1)[1].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime and stime: fields 14 and 15
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime: fields 14, 15
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all threads."""
+    return sum(cpu_times(pid))
 
 
 def run_and_wait_seconds(pid: int) -> tuple[float, float]:
@@ -111,6 +121,17 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def metric_sum(url: str, name: str) -> float:
+    """Sum of every sample of ``name`` (all label sets) on a /metrics page; 0 when absent."""
+    text = httpx.get(url, timeout=10).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
 
 
 def machine_busy_seconds() -> float:
@@ -258,6 +279,45 @@ def stack(*, pin_redis: str | None = None) -> Iterator[Stack]:
         finally:
             bench.stop_servers()
             cluster.stop()
+
+
+def go_binaries() -> Path:
+    """The Go 2019 binaries, built offline on first use."""
+    if not (GO_BIN / "telemeter-server").exists():
+        subprocess.run([str(GO_BUILD.resolve()), str(GO_BIN)], check=True)
+    return GO_BIN
+
+
+@contextlib.contextmanager
+def server(bench: Stack, mode: str, forward_url: str = "") -> Iterator[ServerHandle]:
+    """One server of ``mode`` on core 0, stopped after the block: ``ours...`` (on ``bench``'s
+    Redis) or ``go...`` (the Go 2019 server, in memory, stub authorization); ``...+fwd`` forwards
+    to ``forward_url``, ``...fwd1`` with one ``--tenant-id``. Both ``--ratelimit 0s``."""
+    fwd = ["--forward-url", forward_url] if "+fwd" in mode else []
+    fwd += ["--tenant-id", "bench"] if mode.endswith("fwd1") else []
+    if mode.startswith("ours"):
+        handle = bench.start_server(mode, extra_args=["--ratelimit", "0s", *fwd], cpus=SERVER_CPUS)
+        if fwd:
+            bench.wait_serving_all(handle)  # the forwarder holds every range's queue
+        try:
+            yield handle
+        finally:
+            handle.process.stop()
+            bench.servers.remove(handle)
+        return
+    ext, internal = free_ports(2)
+    argv = [
+        "taskset", "-c", SERVER_CPUS, str(go_binaries() / "telemeter-server"),
+        "--listen", f"127.0.0.1:{ext}", "--listen-internal", f"127.0.0.1:{internal}",
+        "--shared-key", str(bench.key), "--whitelist", KEEP_ALL, "--ratelimit", "0s", *fwd,
+    ]  # fmt: skip
+    # taskset before exec, not after: Go sizes GOMAXPROCS from the affinity it starts with.
+    proc = ManagedProcess(mode, argv, log_path=bench.workdir / f"{mode}.log").start()
+    try:
+        proc.wait_http(f"http://127.0.0.1:{internal}/healthz")
+        yield ServerHandle(proc, mode, f"http://127.0.0.1:{ext}", f"http://127.0.0.1:{internal}")
+    finally:
+        proc.stop()
 
 
 def load_config(

@@ -15,15 +15,9 @@ queued upload: a server forwarding to a closed port queues ``--queued`` uploads.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+from collections.abc import Sequence
 
 from bench.common import (
     OTHER_CPUS,
@@ -31,74 +25,26 @@ from bench.common import (
     Stack,
     cpu_seconds,
     fill,
+    go_binaries,
     load,
     load_config,
     machine_description,
     median,
+    metric_sum,
     out,
     pinned,
+    server,
     stack,
     wait_for_quiet_redis,
 )
-from dev.launch import KEEP_ALL, ServerHandle
+from dev.launch import ServerHandle
 from dev.ports import free_ports
-from dev.processes import ManagedProcess
 from dev.prometheus import start_receiver
 
 TARGET_MS = 0.15  # forwarding may add at most this much server CPU per standard upload
-GO_BIN = Path(__file__).resolve().parents[1] / ".upstream" / "bin"
-GO_BUILD = Path(__file__).resolve().parents[1] / ".." / "shared" / "upstream" / "build.sh"
 # ours+fwd1: one --tenant-id for all, so a request carries up to --forward-batch-entries uploads
 # (with a tenant per cluster, consecutive entries of a stream rarely share one: one upload each).
 MODES = ("ours", "ours+fwd", "ours+fwd1", "go", "go+fwd")
-
-
-def metric_sum(url: str, name: str) -> float:
-    """Sum of every sample of ``name`` (all label sets) on a /metrics page; 0 when absent."""
-    text = httpx.get(url, timeout=10).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    )
-
-
-def go_binaries() -> Path:
-    """The Go 2019 binaries, built offline on first use."""
-    if not (GO_BIN / "telemeter-server").exists():
-        subprocess.run([str(GO_BUILD.resolve()), str(GO_BIN)], check=True)
-    return GO_BIN
-
-
-@contextlib.contextmanager
-def server(bench: Stack, mode: str, forward_url: str) -> Iterator[ServerHandle]:
-    """One server of ``mode`` on core 0, stopped after the block."""
-    fwd = ["--forward-url", forward_url] if "+fwd" in mode else []
-    fwd += ["--tenant-id", "bench"] if mode.endswith("fwd1") else []
-    if mode.startswith("ours"):
-        handle = bench.start_server(mode, extra_args=["--ratelimit", "0s", *fwd], cpus=SERVER_CPUS)
-        if fwd:
-            bench.wait_serving_all(handle)  # the forwarder holds every range's queue
-        try:
-            yield handle
-        finally:
-            handle.process.stop()
-            bench.servers.remove(handle)
-        return
-    ext, internal = free_ports(2)
-    argv = [
-        "taskset", "-c", SERVER_CPUS, str(go_binaries() / "telemeter-server"),
-        "--listen", f"127.0.0.1:{ext}", "--listen-internal", f"127.0.0.1:{internal}",
-        "--shared-key", str(bench.key), "--whitelist", KEEP_ALL, "--ratelimit", "0s", *fwd,
-    ]  # fmt: skip
-    # taskset before exec, not after: Go sizes GOMAXPROCS from the affinity it starts with.
-    proc = ManagedProcess(mode, argv, log_path=bench.workdir / f"{mode}.log").start()
-    try:
-        proc.wait_http(f"http://127.0.0.1:{internal}/healthz")
-        yield ServerHandle(proc, mode, f"http://127.0.0.1:{ext}", f"http://127.0.0.1:{internal}")
-    finally:
-        proc.stop()
 
 
 def drain(handle: ServerHandle, *, timeout: float = 20.0) -> None:
