@@ -51,6 +51,7 @@ NON_DEFAULT: dict[str, Any] = {
     "autoscaling": {"enabled": True, "maxReplicas": 12, "targetCPUUtilizationPercentage": 60},
     "image": {"repository": "registry.example.com/telemeter", "tag": "0.1.0-1"},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "networkPolicy": {
         "monitoringNamespace": "openshift-monitoring",
         "monitoringPodLabels": {"app.kubernetes.io/name": "prometheus"},
@@ -220,7 +221,7 @@ def test_every_core_manifest_is_valid_kubernetes(which: str) -> None:
     if which != "rotation":  # there every Secret exists already
         expected |= {"Secret"}
     if which == "non-default":
-        expected |= {"HorizontalPodAutoscaler", "ServiceMonitor"}
+        expected |= {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
     assert expected <= kinds
 
 
@@ -413,6 +414,17 @@ def test_forwarding_with_only_a_url_keeps_the_server_defaults() -> None:
     )  # fmt: skip
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     assert {v["name"] for v in volumes} == {"signing-key", "tmp"}
+
+
+# ----- PrometheusRule: the alerts of files/alerts.yaml ------------------------------------------
+
+
+def test_prometheus_rule_carries_the_plain_alerts_file() -> None:
+    rule = _one("non-default", "PrometheusRule", FULLNAME)
+    assert rule["apiVersion"] == OPERATOR_API
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert not _kind("default", "PrometheusRule")  # off unless asked for
 
 
 # ----- ServiceMonitors: the recommended scrape configuration -----------------------------------
