@@ -47,6 +47,11 @@ FUZZ_CONCURRENCY = 8
 # and after, peak +1.5 MB. Keeping what the 10,000 requests sent (7 MB compressed, far more
 # decompressed) or leaking per request would show well above this.
 RSS_GROWTH_LIMIT_KB = 32 * 1024
+# Bodies over the server's --limit-bytes, still being sent while the 413 is on its way: the
+# lingering close (docs/protocol.md) must let every one of them read its answer.
+OVERSIZED = "body over --limit-bytes"
+OVERSIZED_CASES = 30
+OVERSIZED_BYTES = (600_000, 1_000_000, 3_000_000)
 
 
 def rss_kb(pid: int) -> tuple[int, int]:
@@ -110,6 +115,13 @@ def malformed_cases(cluster_id: str, seed: int = 7) -> list[Case]:
     for _ in range(100):  # many chunks, each declaring the maximum 64 KiB: over the limit
         chunk = _chunk(0x00, b"\0\0\0\0" + encode_varint(65536) + b"\0\x01")
         add("chunks over the limit", snappy.STREAM_IDENTIFIER + chunk * rng.randint(9, 40))
+    oversized = rng.randbytes(OVERSIZED_BYTES[-1])
+    for i in range(OVERSIZED_CASES):  # bodies over --limit-bytes (500 KiB): a 413, never a reset
+        add(
+            OVERSIZED,
+            oversized[: OVERSIZED_BYTES[i % len(OVERSIZED_BYTES)]],
+            rng.choice([SNAPPY, IDENTITY]),
+        )
     for _ in range(1200):  # protobuf with oversized varints and lengths
         headers = rng.choice([SNAPPY, IDENTITY])
         wrap = snappy.encode_framed if headers is SNAPPY else bytes
@@ -304,6 +316,7 @@ def test_ten_thousand_malformed_uploads_are_refused(
         by_kind.setdefault(kind, Counter())[status] += 1
     wrong = [(k, s, d) for k, s, d in results if not 400 <= s < 500]
     assert not wrong, f"{len(wrong)} answers outside 4xx, e.g. {wrong[:5]}; by kind {by_kind}"
+    assert by_kind[OVERSIZED] == Counter({413: OVERSIZED_CASES}), by_kind[OVERSIZED]
     assert open_server.process.alive
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KB, (rss_before, rss_after, peak)
     assert peak - rss_before < 2 * RSS_GROWTH_LIMIT_KB, (rss_before, rss_after, peak)
