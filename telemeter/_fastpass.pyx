@@ -11,7 +11,7 @@ type is rejected (upb would keep it as an unknown field), and a value sub-messag
 taken from its last occurrence instead of being merged.
 """
 
-from libc.math cimport isinf
+from libc.math cimport INFINITY, isinf
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc
@@ -19,7 +19,7 @@ from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
-from telemeter._buffer cimport Buf, put, put_count, put_escaped, put_uint, put_value, scan_value
+from telemeter._buffer cimport Buf, put, put_count, put_escaped, put_value, scan_value
 from telemeter._hash cimport tm_item_hash, tm_value_hash
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.upload import duplicate_series, same_series
@@ -165,18 +165,15 @@ cdef inline double read_double(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end
 cdef int skip(const uint8_t *d, Py_ssize_t *pos, Py_ssize_t end, int wire) except -1:
     cdef uint64_t ignored
     cdef Span span
+    cdef int size = 8 if wire == 1 else 4  # fixed64, fixed32
     if wire == 0:
         read_varint(d, pos, end, &ignored)
-    elif wire == 1:
-        if end - pos[0] < 8:
-            raise InvalidPayload("truncated protobuf fixed64")
-        pos[0] += 8
     elif wire == 2:
         read_len(d, pos, end, &span)
-    elif wire == 5:
-        if end - pos[0] < 4:
-            raise InvalidPayload("truncated protobuf fixed32")
-        pos[0] += 4
+    elif wire == 1 or wire == 5:
+        if end - pos[0] < size:
+            raise InvalidPayload(f"truncated protobuf fixed{8 * size}")
+        pos[0] += size
     else:
         raise InvalidPayload("unsupported protobuf wire type")
     return 0
@@ -188,19 +185,38 @@ cdef inline int expect(int wire, int wanted) except -1:
     return 0
 
 
-cdef double read_value_message(const uint8_t *d, Span span) except? -1.0:
-    """Gauge, Counter or Untyped: field 1 is the double value."""
+# The fields of a value message read as doubles, a bit a field number (the others: field 1 a
+# varint count, the rest skipped). metrics.proto: Gauge, Counter and Untyped {value 1};
+# Quantile {quantile 1, value 2}; Summary {sample_count 1, sample_sum 2, quantile 3};
+# Histogram {sample_count 1, sample_sum 2, bucket 3, sample_count_float 4} and
+# Bucket {cumulative_count 1, upper_bound 2, cumulative_count_float 4}.
+DEF VALUE_DOUBLES = 0b10
+DEF QUANTILE_DOUBLES = 0b110
+DEF SUMMARY_DOUBLES = 0b100
+DEF HISTOGRAM_DOUBLES = 0b10100
+
+cdef struct Numbers:
+    uint64_t count  # field 1 when it is a varint
+    double f[5]  # the double fields, by field number
+
+
+cdef int read_numbers(const uint8_t *d, Span span, int doubles, Numbers *n) except -1:
+    """The numeric fields of a value message, as `doubles` says (the constants above)."""
     cdef Py_ssize_t pos = span.start
     cdef int field, wire
-    cdef double v = 0.0
+    n.count = 0
+    n.f[1] = n.f[2] = n.f[4] = 0.0
     while pos < span.end:
         read_key(d, &pos, span.end, &field, &wire)
-        if field == 1:
+        if field <= 4 and (doubles >> field) & 1:
             expect(wire, 1)
-            v = read_double(d, &pos, span.end)
+            n.f[field] = read_double(d, &pos, span.end)
+        elif field == 1:
+            expect(wire, 0)
+            read_varint(d, &pos, span.end, &n.count)
         else:
             skip(d, &pos, span.end, wire)
-    return v
+    return 0
 
 
 # ---- names ------------------------------------------------------------------------------------
@@ -345,21 +361,30 @@ cdef class _Pass:
         put(&self.fbuf, suffix, suffix_len)
         return 0
 
-    cdef int line_labels(self, const char *extra, Py_ssize_t extra_len, bint has_extra) except -1:
-        """Close the label set, adding `extra` (`le=`/`quantile=` prefix) when given, then a space."""
+    cdef int line_labels(self) except -1:
+        """Close the label set, then a space."""
         cdef Buf *b = &self.fbuf
-        if has_extra:
-            put(b, self.lbuf.data, self.lbuf.len) if self.lbuf.len else put(b, "{", 1)
-            if self.lbuf.len:
-                put(b, ",", 1)
-            put(b, extra, extra_len)
-            put(b, "} ", 2)
-        elif self.lbuf.len:
+        if self.lbuf.len:
             put(b, self.lbuf.data, self.lbuf.len)
             put(b, "} ", 2)
         else:
             put(b, " ", 1)
         return 0
+
+    cdef int line_start_bound(self, const char *name, Py_ssize_t name_len, const char *suffix,
+                              Py_ssize_t suffix_len, const char *label, Py_ssize_t label_len,
+                              double bound) except -1:
+        """Start a line with one more label, `le="`/`quantile="` (`label`) and its `bound`."""
+        cdef Buf *b = &self.fbuf
+        self.line_start(name, name_len, suffix, suffix_len)
+        if self.lbuf.len:
+            put(b, self.lbuf.data, self.lbuf.len)
+            put(b, ",", 1)
+        else:
+            put(b, "{", 1)
+        put(b, label, label_len)
+        put_value(b, bound)
+        return put(b, '"} ', 3)
 
     cdef int line_end(self) except -1:
         return put(&self.fbuf, self.ts, self.ts_len)
@@ -367,7 +392,7 @@ cdef class _Pass:
     cdef int simple_line(self, const char *name, Py_ssize_t name_len, const char *suffix,
                          Py_ssize_t suffix_len, double value) except -1:
         self.line_start(name, name_len, suffix, suffix_len)
-        self.line_labels(NULL, 0, False)
+        self.line_labels()
         put_value(&self.fbuf, value)
         return self.line_end()
 
@@ -418,138 +443,44 @@ cdef class _Pass:
                            PyBytes_FromStringAndSize(d + span.start, span.end - span.start),
                            self.config)
 
-    cdef int render_summary(self, const char *name, Py_ssize_t name_len, Span span) except -1:
+    cdef int render_parts(self, const char *name, Py_ssize_t name_len, Span span,
+                          bint histogram) except -1:
+        """A summary (a line per quantile) or a histogram (a `_bucket` line per bucket, then
+        `le="+Inf"` unless given), then `_sum` and `_count`: telemeter.exposition's order."""
         cdef const uint8_t *d = self.d
         cdef Py_ssize_t pos = span.start
-        cdef Py_ssize_t qpos
-        cdef int field, wire, qfield, qwire
-        cdef uint64_t count = 0
-        cdef double total = 0.0, q, v
-        cdef Span sub
-        cdef Buf extra
-        extra.data = NULL
-        extra.len = 0
-        extra.cap = 0
-        try:
-            while pos < span.end:
-                read_key(d, &pos, span.end, &field, &wire)
-                if field == 1:
-                    expect(wire, 0)
-                    read_varint(d, &pos, span.end, &count)
-                elif field == 2:
-                    expect(wire, 1)
-                    total = read_double(d, &pos, span.end)
-                elif field == 3:
-                    expect(wire, 2)
-                    read_len(d, &pos, span.end, &sub)
-                    q = 0.0
-                    v = 0.0
-                    qpos = sub.start
-                    while qpos < sub.end:
-                        read_key(d, &qpos, sub.end, &qfield, &qwire)
-                        if qfield == 1:
-                            expect(qwire, 1)
-                            q = read_double(d, &qpos, sub.end)
-                        elif qfield == 2:
-                            expect(qwire, 1)
-                            v = read_double(d, &qpos, sub.end)
-                        else:
-                            skip(d, &qpos, sub.end, qwire)
-                    extra.len = 0
-                    put(&extra, 'quantile="', 10)
-                    put_value(&extra, q)
-                    put(&extra, '"', 1)
-                    self.line_start(name, name_len, "", 0)
-                    self.line_labels(extra.data, extra.len, True)
-                    put_value(&self.fbuf, v)
-                    self.line_end()
-                else:
-                    skip(d, &pos, span.end, wire)
-            self.simple_line(name, name_len, "_sum", 4, total)
-            self.line_start(name, name_len, "_count", 6)
-            self.line_labels(NULL, 0, False)
-            put_uint(&self.fbuf, count)
-            self.line_end()
-        finally:
-            free(extra.data)
-        return 0
-
-    cdef int render_histogram(self, const char *name, Py_ssize_t name_len, Span span) except -1:
-        cdef const uint8_t *d = self.d
-        cdef Py_ssize_t pos = span.start
-        cdef Py_ssize_t bpos
-        cdef int field, wire, bfield, bwire
-        cdef uint64_t count = 0, bcount
-        cdef double count_f = 0.0, total = 0.0, ub, bcount_f
+        cdef int field, wire
         cdef bint has_inf = False
+        cdef Numbers top, part
         cdef Span sub
-        cdef Buf extra
-        extra.data = NULL
-        extra.len = 0
-        extra.cap = 0
-        try:
-            # Buckets are written first but _count/_sum come after them: read the scalars first.
-            while pos < span.end:
-                read_key(d, &pos, span.end, &field, &wire)
-                if field == 1:
-                    expect(wire, 0)
-                    read_varint(d, &pos, span.end, &count)
-                elif field == 4:
-                    expect(wire, 1)
-                    count_f = read_double(d, &pos, span.end)
-                elif field == 2:
-                    expect(wire, 1)
-                    total = read_double(d, &pos, span.end)
-                else:
-                    skip(d, &pos, span.end, wire)
-            pos = span.start
-            while pos < span.end:
-                read_key(d, &pos, span.end, &field, &wire)
-                if field != 3:
-                    skip(d, &pos, span.end, wire)
-                    continue
-                expect(wire, 2)
-                read_len(d, &pos, span.end, &sub)
-                bcount = 0
-                bcount_f = 0.0
-                ub = 0.0
-                bpos = sub.start
-                while bpos < sub.end:
-                    read_key(d, &bpos, sub.end, &bfield, &bwire)
-                    if bfield == 1:
-                        expect(bwire, 0)
-                        read_varint(d, &bpos, sub.end, &bcount)
-                    elif bfield == 4:
-                        expect(bwire, 1)
-                        bcount_f = read_double(d, &bpos, sub.end)
-                    elif bfield == 2:
-                        expect(bwire, 1)
-                        ub = read_double(d, &bpos, sub.end)
-                    else:
-                        skip(d, &bpos, sub.end, bwire)
-                if isinf(ub) and ub > 0:
-                    has_inf = True
-                extra.len = 0
-                put(&extra, 'le="', 4)
-                put_value(&extra, ub)
-                put(&extra, '"', 1)
-                self.line_start(name, name_len, "_bucket", 7)
-                self.line_labels(extra.data, extra.len, True)
-                put_count(&self.fbuf, bcount, bcount_f)
-                self.line_end()
-            if not has_inf:
-                self.line_start(name, name_len, "_bucket", 7)
-                self.line_labels('le="+Inf"', 9, True)
-                put_count(&self.fbuf, count, count_f)
-                self.line_end()
-            self.simple_line(name, name_len, "_sum", 4, total)
-            self.line_start(name, name_len, "_count", 6)
-            self.line_labels(NULL, 0, False)
-            put_count(&self.fbuf, count, count_f)
+        # The parts come first in the text but _count and _sum may follow them in the bytes.
+        read_numbers(d, span, HISTOGRAM_DOUBLES if histogram else SUMMARY_DOUBLES, &top)
+        while pos < span.end:
+            read_key(d, &pos, span.end, &field, &wire)
+            if field != 3:
+                skip(d, &pos, span.end, wire)
+                continue
+            expect(wire, 2)
+            read_len(d, &pos, span.end, &sub)
+            if histogram:
+                read_numbers(d, sub, HISTOGRAM_DOUBLES, &part)
+                has_inf = has_inf or (isinf(part.f[2]) and part.f[2] > 0)
+                self.line_start_bound(name, name_len, "_bucket", 7, 'le="', 4, part.f[2])
+                put_count(&self.fbuf, part.count, part.f[4])
+            else:
+                read_numbers(d, sub, QUANTILE_DOUBLES, &part)
+                self.line_start_bound(name, name_len, "", 0, 'quantile="', 10, part.f[1])
+                put_value(&self.fbuf, part.f[2])
             self.line_end()
-        finally:
-            free(extra.data)
-        return 0
+        if histogram and not has_inf:
+            self.line_start_bound(name, name_len, "_bucket", 7, 'le="', 4, INFINITY)
+            put_count(&self.fbuf, top.count, top.f[4])
+            self.line_end()
+        self.simple_line(name, name_len, "_sum", 4, top.f[2])
+        self.line_start(name, name_len, "_count", 6)
+        self.line_labels()
+        put_count(&self.fbuf, top.count, top.f[4])  # a summary has no float count: f[4] is 0
+        return self.line_end()
 
     cdef bint same_shape(self, Py_ssize_t nlabels):
         """Whether the metric's label names are those of the last metric that passed."""
@@ -649,6 +580,7 @@ cdef class _Pass:
         cdef Span values[8]
         cdef bint has_value[8]
         cdef Label *l
+        cdef Numbers number
         for i in range(8):
             has_value[i] = False
         while pos < span.end:
@@ -732,12 +664,11 @@ cdef class _Pass:
             self.future += 1
         self.put_labels(nlabels)
         self.check_series(span, name, name_len)
-        if field == 4:
-            self.render_summary(name, name_len, values[4])
-        elif field == 7:
-            self.render_histogram(name, name_len, values[7])
+        if field == 4 or field == 7:
+            self.render_parts(name, name_len, values[field], field == 7)
         else:
-            self.simple_line(name, name_len, "", 0, read_value_message(d, values[field]))
+            read_numbers(d, values[field], VALUE_DOUBLES, &number)
+            self.simple_line(name, name_len, "", 0, number.f[1])
         return 0
 
 

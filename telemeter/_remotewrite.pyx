@@ -14,8 +14,10 @@ same, rather than produce a malformed request.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc, strtod, strtoll
+from libc.stdlib cimport free, malloc, strtod, strtoll
 from libc.string cimport memchr, memcmp, memcpy
+
+from telemeter._buffer cimport Buf, grow
 
 DEF MAX_LABELS = 512
 
@@ -25,27 +27,6 @@ cdef struct Label:
     Py_ssize_t name_len
     Py_ssize_t value_at  # offset in the unescaped-values scratch buffer
     Py_ssize_t value_len
-
-
-cdef struct Buf:
-    char* data
-    Py_ssize_t len
-    Py_ssize_t cap
-
-
-cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
-    cdef Py_ssize_t cap = b.cap
-    cdef char* grown
-    if b.len + extra <= cap:
-        return 0
-    while cap < b.len + extra:
-        cap = cap * 2 if cap else 4096
-    grown = <char*>realloc(b.data, cap)
-    if grown == NULL:
-        raise MemoryError()
-    b.data = grown
-    b.cap = cap
-    return 0
 
 
 cdef inline int varint_len(uint64_t v) noexcept:
@@ -102,7 +83,7 @@ cdef Py_ssize_t encode_line(
     labels[0].value_at = 0
     while p < end and p[0] != b"{" and p[0] != b" ":
         p += 1
-    buf_reserve(values, p - start)
+    grow(values, p - start)
     put_bytes(values, start, p - start)
     labels[0].value_len = p - start
     if p < end and p[0] == b"{":
@@ -119,7 +100,7 @@ cdef Py_ssize_t encode_line(
             labels[n].name_len = p - q
             p += 2
             labels[n].value_at = values.len
-            buf_reserve(values, end - p)
+            grow(values, end - p)
             dst = values.data + values.len
             while True:  # runs between escapes are copied whole
                 r = <const char*>memchr(p, ord('"'), end - p)
@@ -170,7 +151,7 @@ cdef Py_ssize_t encode_line(
         size += 1 + varint_len(lsize) + lsize
     lsize = 9 + 1 + varint_len(<uint64_t>ts)
     size += 1 + varint_len(lsize) + lsize
-    buf_reserve(out, 1 + 10 + size)
+    grow(out, 1 + 10 + size)
     out.data[out.len] = 0x0A  # WriteRequest.timeseries = 1
     out.len += 1
     put_varint(out, size)

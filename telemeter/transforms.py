@@ -97,29 +97,34 @@ def transform_families(
 
 def parse_label_pairs(texts: Sequence[str]) -> dict[str, str]:
     """Parse ``--label key=value`` flags (later ones win); raise ``ValueError`` on bad input."""
-    pairs: dict[str, str] = {}
-    for text in texts:
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise ValueError(f"label {text!r} must be of the form key=value")
-        if not _name_ok(key, _LABEL_NAME):
-            raise ValueError(f"label {text!r}: {key!r} is not a valid label name")
-        pairs[key] = value
-    return pairs
+    return _parse_pairs(texts, "label", "key=value", _LABEL_NAME, "label", check_value=False)
 
 
 def parse_renames(texts: Sequence[str]) -> dict[str, str]:
     """Parse ``--rename old=new`` flags (exact family names); raise ``ValueError`` on bad input."""
-    renames: dict[str, str] = {}
+    return _parse_pairs(texts, "rename", "old=new", _METRIC_NAME, "metric", check_value=True)
+
+
+def _parse_pairs(
+    texts: Sequence[str],
+    flag: str,
+    form: str,
+    pattern: re.Pattern[str],
+    kind: str,
+    *,
+    check_value: bool,
+) -> dict[str, str]:
+    """``name=value`` flags as a dict (later ones win), names (and values) checked by pattern."""
+    pairs: dict[str, str] = {}
     for text in texts:
-        old, sep, new = text.partition("=")
+        key, sep, value = text.partition("=")
         if not sep:
-            raise ValueError(f"rename {text!r} must be of the form old=new")
-        for name in (old, new):
-            if not _name_ok(name, _METRIC_NAME):
-                raise ValueError(f"rename {text!r}: {name!r} is not a valid metric name")
-        renames[old] = new
-    return renames
+            raise ValueError(f"{flag} {text!r} must be of the form {form}")
+        for name in (key, value) if check_value else (key,):
+            if not _name_ok(name, pattern):
+                raise ValueError(f"{flag} {text!r}: {name!r} is not a valid {kind} name")
+        pairs[key] = value
+    return pairs
 
 
 def _name_ok(name: str, pattern: re.Pattern[str]) -> bool:
