@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.errors import StoreUnavailable
 from app.settings import ServerSettings
 from app.store import QueuedEntry, Store
 from telemeter import remotewrite, snappy
 from telemeter.httpclient import Connection, Endpoint, HTTPError
+from telemeter.selfmetrics import MetricSet, counter, gauge, histogram
 
 log = logging.getLogger(__name__)
 
@@ -60,54 +60,40 @@ class Outcome:
     retry_after: float | None = None
 
 
-class ForwardMetrics:
+class ForwardMetrics(MetricSet):
     """The forwarding self-metrics; the Go server's names where it has them."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.samples = Counter(
-            "telemeter_forward_samples_total", "Samples forwarded (2xx).", registry=r
-        )
-        self.errors = Counter(
-            "telemeter_forward_request_errors_total",
-            "Remote-write requests that did not get a 2xx.",
-            registry=r,
-        )
-        self.duration = Histogram(
-            "telemeter_forward_request_duration_seconds",
-            "Remote-write request latency, by status code.",
-            ["status_code"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
-        self.retries = Counter(
-            "telemeter_forward_retries_total", "Requests to be retried, by reason.", ["reason"],
-            registry=r,
-        )  # fmt: skip
-        self.dropped = Counter(
-            "telemeter_forward_dropped_samples_total",
-            "Queued samples dropped without a 2xx, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.queue_length = Gauge(
-            "telemeter_forward_queue_length",
-            "Uploads queued in the streams of the ranges this pod forwards.",
-            registry=r,
-        )
-        self.oldest_age = Gauge(
-            "telemeter_forward_queue_oldest_age_seconds",
-            "Age of the oldest upload queued in the ranges this pod forwards.",
-            registry=r,
-        )
-        self.queue_limit = Gauge(
-            "telemeter_forward_queue_limit", "Queued uploads allowed per ring range.", registry=r
-        )
-        self.queue_full = Counter(
-            "telemeter_forward_queue_full_total",
-            "Uploads refused with 503 because their range's queue was full.",
-            registry=r,
-        )
+    samples = counter("telemeter_forward_samples_total", "Samples forwarded (2xx).")
+    errors = counter(
+        "telemeter_forward_request_errors_total", "Remote-write requests that did not get a 2xx."
+    )
+    duration = histogram(
+        "telemeter_forward_request_duration_seconds",
+        "Remote-write request latency, by status code.",
+        "status_code",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+    retries = counter(
+        "telemeter_forward_retries_total", "Requests to be retried, by reason.", "reason"
+    )
+    dropped = counter(
+        "telemeter_forward_dropped_samples_total",
+        "Queued samples dropped without a 2xx, by reason.",
+        "reason",
+    )
+    queue_length = gauge(
+        "telemeter_forward_queue_length",
+        "Uploads queued in the streams of the ranges this pod forwards.",
+    )
+    oldest_age = gauge(
+        "telemeter_forward_queue_oldest_age_seconds",
+        "Age of the oldest upload queued in the ranges this pod forwards.",
+    )
+    queue_limit = gauge("telemeter_forward_queue_limit", "Queued uploads allowed per ring range.")
+    queue_full = counter(
+        "telemeter_forward_queue_full_total",
+        "Uploads refused with 503 because their range's queue was full.",
+    )
 
 
 def client_tls(settings: ServerSettings) -> ssl.SSLContext | None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from telemeter.selfmetrics import MetricSet, counter, gauge, histogram
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,62 +22,39 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LINGER_ENDS = ("complete", "peer", "bytes", "timeout", "shutdown", "invalid")
 
 
-class ServerMetrics:
+class ServerMetrics(MetricSet):
     """Every self-metric of a server process."""
 
+    requests = counter("http_requests_total", "HTTP requests.", "code", "handler", "method")
+    duration = histogram("http_request_duration_seconds", "HTTP request latency.", "handler")
+    uploads = counter("telemeter_uploads_total", "Uploads accepted and stored.")
+    rejects = counter("telemeter_upload_rejects_total", "Uploads refused, by reason.", "reason")
+    series = counter("telemeter_upload_series_total", "Series stored by accepted uploads.")
+    overwritten = counter(
+        "telemeter_overwritten_timestamps_total",
+        "Sample timestamps replaced by the receive time, by tense.",
+        "tense",
+    )
+    partitions = gauge("telemeter_partitions", "Clusters served by the last /federate.")
+    federated_series = gauge("telemeter_federate_series", "Series served by the last /federate.")
+    federate_conflicts = counter(
+        "telemeter_federate_type_conflicts_total",
+        "Family blocks left out of /federate because clusters disagree on the type.",
+    )
+    corrupt = counter("telemeter_corrupt_snapshots_total", "Stored values that are not snapshots.")
+    redis = histogram("telemeter_redis_duration_seconds", "Redis operation latency.", "op")
+    authorizations = counter(
+        "telemeter_authorizations_total", "Token exchanges, by result.", "result"
+    )
+    lingering_closes = counter(
+        "telemeter_lingering_closes_total",
+        "Request bodies read and discarded after an early answer, by how that ended "
+        "(docs/protocol.md, Lingering close).",
+        "end",
+    )
+
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "http_requests_total", "HTTP requests.", ["code", "handler", "method"], registry=r
-        )
-        self.duration = Histogram(
-            "http_request_duration_seconds", "HTTP request latency.", ["handler"], registry=r
-        )
-        self.uploads = Counter(
-            "telemeter_uploads_total", "Uploads accepted and stored.", registry=r
-        )
-        self.rejects = Counter(
-            "telemeter_upload_rejects_total", "Uploads refused, by reason.", ["reason"], registry=r
-        )
-        self.series = Counter(
-            "telemeter_upload_series_total", "Series stored by accepted uploads.", registry=r
-        )
-        self.overwritten = Counter(
-            "telemeter_overwritten_timestamps_total",
-            "Sample timestamps replaced by the receive time, by tense.",
-            ["tense"],
-            registry=r,
-        )
-        self.partitions = Gauge(
-            "telemeter_partitions", "Clusters served by the last /federate.", registry=r
-        )
-        self.federated_series = Gauge(
-            "telemeter_federate_series", "Series served by the last /federate.", registry=r
-        )
-        self.federate_conflicts = Counter(
-            "telemeter_federate_type_conflicts_total",
-            "Family blocks left out of /federate because clusters disagree on the type.",
-            registry=r,
-        )
-        self.corrupt = Counter(
-            "telemeter_corrupt_snapshots_total", "Stored values that are not snapshots.", registry=r
-        )
-        self.redis = Histogram(
-            "telemeter_redis_duration_seconds", "Redis operation latency.", ["op"], registry=r
-        )
-        self.authorizations = Counter(
-            "telemeter_authorizations_total",
-            "Token exchanges, by result.",
-            ["result"],
-            registry=r,
-        )
-        self.lingering_closes = Counter(
-            "telemeter_lingering_closes_total",
-            "Request bodies read and discarded after an early answer, by how that ended "
-            "(docs/protocol.md, Lingering close).",
-            ["end"],
-            registry=r,
-        )
+        super().__init__()
         for end in LINGER_ENDS:
             self.lingering_closes.labels(end)
         # The children every accepted upload touches, looked up once (labels() is not free).

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster
 
 from app.assignment import rebalance
@@ -49,6 +49,7 @@ from app.errors import StoreUnavailable
 from app.keys import DEFAULT_RING_NAMESPACE as DEFAULT_NAMESPACE
 from app.keys import RANGES, SLOTS_PER_RANGE, RingKeys
 from app.store import REDIS_ERRORS
+from telemeter.selfmetrics import MetricSet, counter, gauge, histogram
 
 log = logging.getLogger(__name__)
 
@@ -238,37 +239,28 @@ def _decode_beat(reply: list[Any]) -> _Beat:
     )
 
 
-class _Metrics:
+class _Metrics(MetricSet):
     """The ring's self-metrics, in the registry the server passes in."""
 
+    owned_slots = gauge(
+        "telemeter_ring_owned_slots",
+        "Hash slots this pod serves now (ranges with a live local lease deadline).",
+    )
+    handovers = counter(
+        "telemeter_ring_handovers", "Range leases this pod acquired or gave up.", "direction"
+    )
+    renew_duration = histogram(
+        "telemeter_ring_renew_duration_seconds",
+        "Duration of one ring heartbeat call to Redis.",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )
+    renew_failures = counter(
+        "telemeter_ring_renew_failures", "Ring heartbeats that failed (Redis error or timeout)."
+    )
+    members = gauge("telemeter_ring_members", "Live ring members as of the last heartbeat.")
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.owned_slots = Gauge(
-            "telemeter_ring_owned_slots",
-            "Hash slots this pod serves now (ranges with a live local lease deadline).",
-            registry=registry,
-        )
-        self.handovers = Counter(
-            "telemeter_ring_handovers",
-            "Range leases this pod acquired or gave up.",
-            ["direction"],
-            registry=registry,
-        )
-        self.renew_duration = Histogram(
-            "telemeter_ring_renew_duration_seconds",
-            "Duration of one ring heartbeat call to Redis.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=registry,
-        )
-        self.renew_failures = Counter(
-            "telemeter_ring_renew_failures",
-            "Ring heartbeats that failed (Redis error or timeout).",
-            registry=registry,
-        )
-        self.members = Gauge(
-            "telemeter_ring_members",
-            "Live ring members as of the last heartbeat.",
-            registry=registry,
-        )
+        super().__init__(registry)
         for direction in ("acquired", "released", "lost"):
             self.handovers.labels(direction)
 

@@ -4,48 +4,41 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+
+from telemeter.selfmetrics import MetricSet, counter, gauge
 
 __all__ = ["ClientMetrics"]
 
 logger = logging.getLogger(__name__)
 
 
-class ClientMetrics:
+class ClientMetrics(MetricSet):
     """Self-metrics of one client process (no global registry: tests build as many as they like).
 
     ``metricsclient_http_requests_total`` counts HTTP answers by client: ``federate_from`` (the
     scrape), ``federate_to`` (uploads), as in Go, plus ``federate_authorize`` (token exchanges).
     """
 
+    samples = gauge("federate_samples", "Tracks the number of samples per federation")
+    filtered_samples = gauge(
+        "federate_filtered_samples", "Tracks the number of samples filtered per federation"
+    )
+    requests = counter(
+        "federate_requests", "The number of times forwarding federated metrics was attempted"
+    )
+    requests_failed = counter(
+        "federate_requests_failed", "The number of times forwarding federated metrics has failed"
+    )
+    http_requests = counter(
+        "metricsclient_http_requests",
+        "Tracks the number of HTTP requests by client and status code",
+        "client",
+        "status_code",
+    )
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.samples = Gauge(
-            "federate_samples",
-            "Tracks the number of samples per federation",
-            registry=self.registry,
-        )
-        self.filtered_samples = Gauge(
-            "federate_filtered_samples",
-            "Tracks the number of samples filtered per federation",
-            registry=self.registry,
-        )
-        self.requests = Counter(
-            "federate_requests",
-            "The number of times forwarding federated metrics was attempted",
-            registry=self.registry,
-        )
-        self.requests_failed = Counter(
-            "federate_requests_failed",
-            "The number of times forwarding federated metrics has failed",
-            registry=self.registry,
-        )
-        self.http_requests = Counter(
-            "metricsclient_http_requests",
-            "Tracks the number of HTTP requests by client and status code",
-            ["client", "status_code"],
-            registry=self.registry,
-        )
+        super().__init__(CollectorRegistry(auto_describe=True))
 
     def count_http(self, client: str, status_code: int) -> None:
         """Count one HTTP answer."""
