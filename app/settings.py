@@ -20,8 +20,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telemeter.durations import format_duration, parse_duration
+from telemeter.durations import parse_duration
 from telemeter.errors import InvalidSelector
+from telemeter.flags import flag_name, with_default
 from telemeter.selectors import Whitelist
 from telemeter.transforms import parse_label_pairs
 
@@ -269,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, info in ServerSettings.model_fields.items():
         if name in ENV_ONLY:
             continue
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description}{_shown_default(name, info.default)}"
+        flag = flag_name(name)
+        default = None if info.default is PydanticUndefined else info.default
+        help_text = with_default(info.description or "", default, duration=name in DURATIONS)
         if name == "verbose":
             p.add_argument("-v", flag, action="count", help=help_text)
             continue
@@ -283,13 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
         else:  # text, secrets and durations: the model's validators parse them
             p.add_argument(flag, help=help_text)
     return p
-
-
-def _shown_default(name: str, default: Any) -> str:
-    """`` (default …)`` for the help of a field, Go durations as Go prints them; none if unset."""
-    if default is None or default == [] or default is PydanticUndefined:
-        return ""
-    return f" (default {format_duration(default) if name in DURATIONS else default})"
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:

@@ -36,15 +36,14 @@ logger = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags, refuse inconsistent ones, then run until SIGTERM/SIGINT."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # httpx logs every request at INFO; our own cycle log says what matters.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        settings = settings_from_args(args)
+        settings = settings_from_args(parser.parse_args(argv))
+        logging.basicConfig(
+            level=logging.DEBUG if settings.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        # httpx logs every request at INFO; our own cycle log says what matters.
+        logging.getLogger("httpx").setLevel(logging.DEBUG if settings.verbose else logging.WARNING)
         runtime = load_runtime(settings)
     except ConfigError as exc:
         parser.error(str(exc))

@@ -1,6 +1,8 @@
 """Flags of ``telemeter-client``: the Go client's names, defaults and URL rules.
 
-Two objects come out of the command line:
+The flags are a model, :class:`ClientFlags` (a dataclass: the client does not load pydantic, to
+stay light), from which the parser is generated as the server's is from its settings. Two objects
+come out of the command line:
 
 - :class:`ClientSettings`, built once at start-up from the flags (:func:`settings_from_args`);
 - :class:`Runtime`, what the files named by flags hold (tokens, salt, match rules, CA bundle),
@@ -20,8 +22,9 @@ import logging
 import posixpath
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -30,6 +33,7 @@ from client.errors import ConfigError
 from telemeter.addresses import parse_listen_address
 from telemeter.durations import format_duration, parse_duration
 from telemeter.errors import InvalidSelector
+from telemeter.flags import flag_name, with_default
 from telemeter.selectors import parse_selector
 from telemeter.transforms import DEFAULT_RENAMES, parse_label_pairs, parse_renames
 
@@ -38,10 +42,12 @@ __all__ = [
     "DEFAULT_LIMIT_BYTES",
     "DEFAULT_LISTEN",
     "DEFAULT_MATCH",
+    "ClientFlags",
     "ClientSettings",
     "Runtime",
     "build_parser",
     "federate_url",
+    "flags_from_args",
     "load_runtime",
     "parse_settings",
     "settings_from_args",
@@ -96,51 +102,74 @@ class Runtime:
     salt: str = field(default="", repr=False)
 
 
+def option(
+    default: Any,
+    help_text: str,
+    *,
+    flag: str = "",
+    short: str = "",
+    duration: bool = False,
+    secret: bool = False,
+) -> Any:
+    """A field of :class:`ClientFlags`: its default and help; its flag where the field's name does
+    not give it (``from_``: ``--from``) and a short one; a Go duration; a secret (not in repr)."""
+    meta = {"help": help_text, "flag": flag, "short": short, "duration": duration}
+    return field(default=default, repr=not secret, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFlags:
+    """The command line of ``telemeter-client``: a field a flag, with the Go client's names and
+    defaults (:func:`build_parser` is generated from it). The type of a default decides the flag's:
+    a tuple is a repeatable flag, a bool a switch, an int or a duration (seconds) is parsed."""
+
+    listen: str = option(DEFAULT_LISTEN, "host:port for health, metrics and reload ('' off)")
+    from_: str = option("", "the Prometheus to federate from", flag="from")
+    from_token: str = option("", "bearer token for the source Prometheus", secret=True)
+    from_token_file: str = option("", "file holding the bearer token for --from")
+    from_ca_file: str = option("", "CA bundle for --from, besides the system roots")
+    id: str = option("", "the unique identifier (cluster id) for metrics sent")
+    to: str = option("", "the telemeter server to send metrics to")
+    to_upload: str = option("", "upload endpoint (default: <to>/upload)")
+    to_auth: str = option("", "token exchange endpoint (default: <to>/authorize?id=<id>)")
+    to_token: str = option("", "long-lived bearer token for the telemeter server", secret=True)
+    to_token_file: str = option("", "file holding the token for --to")
+    interval: float = option(
+        DEFAULT_INTERVAL_SECONDS, "time between pushes, a Go duration", duration=True
+    )
+    limit_bytes: int = option(DEFAULT_LIMIT_BYTES, "largest /federate answer read")
+    match: tuple[str, ...] = option(DEFAULT_MATCH, "a series selector to federate (repeat)")
+    match_file: str = option("", "file of match rules, one per line")
+    label: tuple[str, ...] = option((), "key=value labels to add (comma lists)")
+    rename: tuple[str, ...] = option(
+        tuple(f"{old}={new}" for old, new in DEFAULT_RENAMES.items()), "OLD=NEW family renames"
+    )
+    anonymize_labels: tuple[str, ...] = option((), "labels whose values are hashed")
+    anonymize_salt: str = option("", "secret salt of the anonymization hash", secret=True)
+    anonymize_salt_file: str = option("", "file holding the anonymization salt")
+    verbose: bool = option(False, "log debug output", short="-v")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the Go client's flag names and defaults."""
+    """The argument parser, generated from :class:`ClientFlags`; flags not given are left out of
+    the result, so the model's defaults apply."""
     parser = argparse.ArgumentParser(
         prog="telemeter-client",
         description="Federate a Prometheus via push: read /federate, clean, anonymize, upload.",
+        argument_default=argparse.SUPPRESS,
     )
-    add = parser.add_argument
-    add(
-        "--listen", default=DEFAULT_LISTEN, help="host:port for health, metrics and reload ('' off)"
-    )
-    add("--from", dest="from_", metavar="FROM", default="", help="the Prometheus to federate from")
-    add("--from-token", default="", help="bearer token for the source Prometheus")
-    add("--from-token-file", default="", help="file holding the bearer token for --from")
-    add("--from-ca-file", default="", help="CA bundle for --from, besides the system roots")
-    add("--id", default="", help="the unique identifier (cluster id) for metrics sent")
-    add("--to", default="", help="the telemeter server to send metrics to")
-    add("--to-upload", default="", help="upload endpoint (default: <to>/upload)")
-    add("--to-auth", default="", help="token exchange endpoint (default: <to>/authorize?id=<id>)")
-    add("--to-token", default="", help="long-lived bearer token for the telemeter server")
-    add("--to-token-file", default="", help="file holding the token for --to")
-    interval = format_duration(DEFAULT_INTERVAL_SECONDS)  # defaults shown from the constants
-    renames = ",".join(f"{old}={new}" for old, new in DEFAULT_RENAMES.items())
-    add(
-        "--interval",
-        default=interval,
-        help=f"time between pushes, a Go duration (default {interval})",
-    )
-    add(
-        "--limit-bytes",
-        default=str(DEFAULT_LIMIT_BYTES),
-        help=f"largest /federate answer read (default {DEFAULT_LIMIT_BYTES})",
-    )
-    add("--match", action="append", default=None, help="a series selector to federate (repeat)")
-    add("--match-file", default="", help="file of match rules, one per line")
-    add("--label", action="append", default=[], help="key=value labels to add (comma lists)")
-    add(
-        "--rename",
-        action="append",
-        default=[],
-        help=f"OLD=NEW family renames (default {renames})",
-    )
-    add("--anonymize-labels", action="append", default=[], help="labels whose values are hashed")
-    add("--anonymize-salt", default="", help="secret salt of the anonymization hash")
-    add("--anonymize-salt-file", default="", help="file holding the anonymization salt")
-    add("-v", "--verbose", action="store_true", help="log debug output")
+    for spec in fields(ClientFlags):
+        flag = flag_name(spec.metadata["flag"] or spec.name)
+        names = [spec.metadata["short"], flag] if spec.metadata["short"] else [flag]
+        help_text = with_default(
+            spec.metadata["help"], spec.default, duration=spec.metadata["duration"]
+        )
+        if isinstance(spec.default, bool):
+            parser.add_argument(*names, dest=spec.name, action="store_true", help=help_text)
+            continue
+        action = "append" if isinstance(spec.default, tuple) else "store"
+        metavar = flag[2:].upper().replace("-", "_")
+        parser.add_argument(*names, dest=spec.name, action=action, metavar=metavar, help=help_text)
     return parser
 
 
@@ -149,63 +178,83 @@ def parse_settings(argv: Sequence[str] | None = None) -> ClientSettings:
     return settings_from_args(build_parser().parse_args(argv))
 
 
+def flags_from_args(args: argparse.Namespace) -> ClientFlags:
+    """The model of the parsed flags: the given ones converted, the others their defaults."""
+    given: dict[str, Any] = {}
+    for spec in fields(ClientFlags):
+        if spec.name not in args:
+            continue
+        value = getattr(args, spec.name)
+        try:
+            if spec.metadata["duration"]:
+                value = parse_duration(value)
+            elif type(spec.default) is int:
+                value = int(value)
+            elif isinstance(spec.default, tuple):
+                value = tuple(value)
+        except ValueError as exc:
+            flag = flag_name(spec.metadata["flag"] or spec.name)
+            raise ConfigError(f"{flag}: {exc}") from None
+        given[spec.name] = value
+    return ClientFlags(**given)
+
+
 def settings_from_args(args: argparse.Namespace) -> ClientSettings:
     """Validate parsed flags and derive the URLs as the Go client does; raise ConfigError."""
-    if not args.from_:
+    flags = flags_from_args(args)
+    if not flags.from_:
         raise ConfigError(
             "you must specify a Prometheus server to federate from (e.g. --from http://localhost:9090)"
         )
-    from_url = _from_url(args.from_)
+    from_url = _from_url(flags.from_)
     authorize_url, upload_url = _to_urls(
-        to=args.to, to_auth=args.to_auth, to_upload=args.to_upload, cluster_id=args.id
+        to=flags.to, to_auth=flags.to_auth, to_upload=flags.to_upload, cluster_id=flags.id
     )
-    _one_of("--from-token", args.from_token, "--from-token-file", args.from_token_file)
-    _one_of("--to-token", args.to_token, "--to-token-file", args.to_token_file)
+    _one_of("--from-token", flags.from_token, "--from-token-file", flags.from_token_file)
+    _one_of("--to-token", flags.to_token, "--to-token-file", flags.to_token_file)
     _one_of(
-        "--anonymize-salt", args.anonymize_salt, "--anonymize-salt-file", args.anonymize_salt_file
+        "--anonymize-salt", flags.anonymize_salt, "--anonymize-salt-file", flags.anonymize_salt_file
     )
-    if not args.to_token and not args.to_token_file:
+    if not flags.to_token and not flags.to_token_file:
         raise ConfigError("--to-token or --to-token-file is required (exchanged at /authorize)")
-    anonymize_labels = tuple(_split_slice(args.anonymize_labels))
-    if anonymize_labels and not (args.anonymize_salt or args.anonymize_salt_file):
+    anonymize_labels = tuple(_split_slice(flags.anonymize_labels))
+    if anonymize_labels and not (flags.anonymize_salt or flags.anonymize_salt_file):
         raise ConfigError(
             "--anonymize-labels needs --anonymize-salt or --anonymize-salt-file "
             "(an unsalted hash of a label value is easy to reverse)"
         )
     try:
-        labels = parse_label_pairs(_split_slice(args.label))
-        renames = parse_renames([r for r in _split_slice(args.rename) if r]) or dict(
+        labels = parse_label_pairs(_split_slice(flags.label))
+        renames = parse_renames([r for r in _split_slice(flags.rename) if r]) or dict(
             DEFAULT_RENAMES
         )
-        interval = parse_duration(args.interval)
-        limit_bytes = int(args.limit_bytes)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if interval <= 0:
-        raise ConfigError(f"--interval must be positive, got {args.interval!r}")
-    if limit_bytes <= 0:
-        raise ConfigError(f"--limit-bytes must be positive, got {args.limit_bytes!r}")
+    if flags.interval <= 0:
+        raise ConfigError(f"--interval must be positive, got {format_duration(flags.interval)}")
+    if flags.limit_bytes <= 0:
+        raise ConfigError(f"--limit-bytes must be positive, got {flags.limit_bytes}")
     return ClientSettings(
         from_url=from_url,
         authorize_url=authorize_url,
         upload_url=upload_url,
-        cluster_id=args.id,
-        listen=_listen_address(args.listen) if args.listen else None,
-        interval_seconds=interval,
-        limit_bytes=limit_bytes,
-        matches=tuple(args.match) if args.match is not None else DEFAULT_MATCH,
-        match_file=_path(args.match_file),
+        cluster_id=flags.id,
+        listen=_listen_address(flags.listen) if flags.listen else None,
+        interval_seconds=flags.interval,
+        limit_bytes=flags.limit_bytes,
+        matches=flags.match,
+        match_file=_path(flags.match_file),
         labels=labels,
         renames=renames,
         anonymize_labels=anonymize_labels,
-        from_ca_file=_path(args.from_ca_file),
-        from_token_file=_path(args.from_token_file),
-        to_token_file=_path(args.to_token_file),
-        anonymize_salt_file=_path(args.anonymize_salt_file),
-        verbose=args.verbose,
-        from_token=args.from_token,
-        to_token=args.to_token,
-        anonymize_salt=args.anonymize_salt,
+        from_ca_file=_path(flags.from_ca_file),
+        from_token_file=_path(flags.from_token_file),
+        to_token_file=_path(flags.to_token_file),
+        anonymize_salt_file=_path(flags.anonymize_salt_file),
+        verbose=flags.verbose,
+        from_token=flags.from_token,
+        to_token=flags.to_token,
+        anonymize_salt=flags.anonymize_salt,
     )
 
 

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from client.errors import ConfigError
 from client.settings import (
     DEFAULT_LIMIT_BYTES,
+    ClientFlags,
     ClientSettings,
     build_parser,
     federate_url,
+    flags_from_args,
     load_runtime,
     parse_settings,
 )
+from telemeter.durations import format_duration
 
 BASE = ["--from", "http://prom:9090", "--to", "https://infogw.example.com", "--id", "c1"]
 
@@ -196,3 +203,47 @@ def test_the_flags_are_the_go_clients_and_help_shows_the_defaults(
     assert all(action.help and action.help in text for action in parser._actions)
     assert "--interval INTERVAL time between pushes, a Go duration (default 4m30s)" in text
     assert f"(default {DEFAULT_LIMIT_BYTES})" in text and "(default ALERTS=alerts)" in text
+
+
+def test_help_shows_every_flag_with_its_help_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping (argparse breaks lines at hyphens)
+    parser = build_parser()
+    text = " ".join(parser.format_help().split())
+    actions = {action.dest: action for action in parser._actions}
+    assert set(actions) - {"help"} == {spec.name for spec in fields(ClientFlags)}
+    for spec in fields(ClientFlags):
+        action = actions[spec.name]
+        assert action.help and action.help.startswith(spec.metadata["help"]) and action.help in text
+        default: Any = spec.default
+        if default is False or default in ("", ()):
+            assert action.help == spec.metadata["help"], spec.name
+            continue
+        if spec.metadata["duration"]:
+            shown = format_duration(default)
+        else:
+            shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        assert action.help.endswith(f"(default {shown})"), spec.name
+    assert "--listen LISTEN host:port for health, metrics and reload ('' off) " in text
+    assert "(default localhost:9002) --from FROM the Prometheus to federate from" in text
+    assert '--match MATCH a series selector to federate (repeat) (default {__name__="up"})' in text
+
+
+def test_the_flags_model_takes_the_given_flags_converted_and_defaults_the_others() -> None:
+    args = build_parser().parse_args(
+        ["--from", "http://p", "--interval", "1m30s", "--limit-bytes", "10", "--match", "up", "-v"]
+    )
+    flags = flags_from_args(args)
+    assert (flags.from_, flags.interval, flags.limit_bytes) == ("http://p", 90.0, 10)
+    assert flags.match == ("up",) and flags.verbose is True
+    assert flags_from_args(build_parser().parse_args([])) == ClientFlags()
+    assert ClientFlags().rename == ("ALERTS=alerts",) and ClientFlags().interval == 270.0
+    assert "s3cret" not in repr(ClientFlags(to_token="s3cret", anonymize_salt="s3cret"))
+    with pytest.raises(ConfigError, match="--limit-bytes: invalid literal"):
+        flags_from_args(build_parser().parse_args(["--limit-bytes", "many"]))
+
+
+def test_the_client_does_not_import_pydantic() -> None:
+    # The client process stays light: its settings are a dataclass model, not pydantic's.
+    code = "import sys, client.main; print(sorted(m for m in sys.modules if 'pydantic' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
