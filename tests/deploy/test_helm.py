@@ -13,6 +13,7 @@ routes of the app behind that port.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import tomllib
@@ -52,6 +53,7 @@ NON_DEFAULT: dict[str, Any] = {
     "image": {"repository": "registry.example.com/telemeter", "tag": "0.1.0-1"},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Telemeter"}},
     "networkPolicy": {
         "monitoringNamespace": "openshift-monitoring",
         "monitoringPodLabels": {"app.kubernetes.io/name": "prometheus"},
@@ -221,7 +223,7 @@ def test_every_core_manifest_is_valid_kubernetes(which: str) -> None:
     if which != "rotation":  # there every Secret exists already
         expected |= {"Secret"}
     if which == "non-default":
-        expected |= {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
+        expected |= {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
     assert expected <= kinds
 
 
@@ -425,6 +427,15 @@ def test_prometheus_rule_carries_the_plain_alerts_file() -> None:
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     assert not _kind("default", "PrometheusRule")  # off unless asked for
+
+
+def test_dashboard_config_map_carries_the_plain_dashboard_file() -> None:
+    config_map = _one("non-default", "ConfigMap", f"{FULLNAME}-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Telemeter"}
+    (text,) = config_map["data"].values()
+    assert json.loads(text) == json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert not _kind("default", "ConfigMap")  # off unless asked for
 
 
 # ----- ServiceMonitors: the recommended scrape configuration -----------------------------------

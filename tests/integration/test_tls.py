@@ -36,8 +36,10 @@ from dev.upstream import GO_BUILD, go_binaries
 from tests.certs import Pki, write_pki
 from tests.conftest import RedisClusterHandle
 from tests.support import (
+    RING_ARGS,
     authorize,
     encode_upload,
+    new_id,
     post_upload,
     series_of,
     valid_families,
@@ -87,7 +89,7 @@ def server(
         workdir=tmp_path_factory.mktemp("tls-server"),
         name="tls",
         shared_key=signing_key,
-        extra_args=["--ratelimit", "0s", *tls],
+        extra_args=[*RING_ARGS, "--ring-namespace", new_id("tls-ring"), "--ratelimit", "0s", *tls],
         wait=False,
     )
     handle = dataclasses.replace(
