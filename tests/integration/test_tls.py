@@ -5,12 +5,14 @@ One server runs with ``--tls-crt/--tls-key`` on the external listener and
 2019 client and ours push to it over TLS, trusting the test CA through ``SSL_CERT_FILE``; a real
 Prometheus federates from it with a client certificate (``up`` 1, the pushed series scraped),
 and without one or with a certificate of another CA it is refused (``up`` 0), as a Python
-client is. Plain HTTP to either listener fails at once instead of hanging.
+client is. Plain HTTP to either listener fails at once instead of hanging, and an upload over
+the limit reads its 413 over TLS as it does in plain HTTP.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
 import subprocess
 import sys
@@ -38,10 +40,12 @@ from tests.conftest import RedisClusterHandle
 from tests.support import (
     RING_ARGS,
     authorize,
+    chunks,
     encode_upload,
     new_id,
     post_upload,
     series_of,
+    upload_headers,
     valid_families,
     wait_for,
 )
@@ -266,3 +270,18 @@ def test_plain_http_to_a_tls_listener_fails_fast(server: ServerHandle, listener:
         httpx.get(url, timeout=10)
     assert not isinstance(failed.value, httpx.TimeoutException)
     assert time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_upload_over_the_limit_reads_its_413_over_tls(
+    server: ServerHandle, pki: Pki, monkeypatch: pytest.MonkeyPatch, framing: str
+) -> None:
+    """The early answer and the lingering close work over TLS too (docs/protocol.md)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+    jwt = authorize(server, "big-tls")
+    body = os.urandom(3 * 1024 * 1024)  # 3 MB, six times --limit-bytes
+    content = body if framing == "content-length" else chunks(body, 64 * 1024)
+    answer = httpx.post(
+        f"{server.external}/upload", content=content, headers=upload_headers(jwt), timeout=30
+    )
+    assert answer.status_code == 413, answer.text
