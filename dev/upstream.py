@@ -1,8 +1,8 @@
 """The Go Telemeter of 2019, built offline: the peer the benchmarks and interoperability tests run.
 
-The build script lives next to the repository, at ``../shared/upstream/build.sh``; it puts the
-four binaries (server, client, authorization server, benchmark) in ``.upstream/bin`` (about a
-minute the first time, nothing after).
+The build script (:data:`GO_BUILD`, outside the repository) puts the four binaries (server,
+client, authorization server, benchmark) in ``.upstream/bin`` (about a minute the first time,
+nothing after).
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def prometheus(
 def go_bin() -> Path:
     """The Go 2019 binaries (built offline on first use, about a minute)."""
     if not GO_BUILD.exists():
-        pytest.skip(f"the Go 2019 build script is not at {GO_BUILD} (the ../shared checkout)")
+        pytest.skip(f"the Go 2019 build script is not at {GO_BUILD}: no Go client to test")
     try:
         return go_binaries()
     except subprocess.CalledProcessError as exc:
