@@ -196,7 +196,7 @@ def _push(
 def test_the_go_client_pushes_over_tls(
     go_bin: Path, prometheus: PrometheusHandle, server: ServerHandle, pki: Pki, tmp_path: Path
 ) -> None:
-    _push(str(go_bin / "telemeter-client"), prometheus, server, "go-tls", pki, tmp_path)
+    _push(str(go_bin / "telemeter-client"), prometheus, server, new_id("go-tls"), pki, tmp_path)
 
 
 def test_our_client_pushes_over_tls(
@@ -204,7 +204,7 @@ def test_our_client_pushes_over_tls(
 ) -> None:
     binary = Path(sys.executable).with_name("telemeter-client")
     assert binary.exists(), f"the project's console script is not installed at {binary}"
-    _push(str(binary), prometheus, server, "py-tls", pki, tmp_path)
+    _push(str(binary), prometheus, server, new_id("py-tls"), pki, tmp_path)
 
 
 def test_the_client_refuses_a_server_it_does_not_trust(
@@ -213,7 +213,8 @@ def test_the_client_refuses_a_server_it_does_not_trust(
     """Without the CA in ``SSL_CERT_FILE`` our client's token exchange fails on the handshake."""
     argv = [
         str(Path(sys.executable).with_name("telemeter-client")), "--from", prometheus.url,
-        "--to", server.external, "--id", "untrusting", "--to-token", "a", "--listen", "",
+        "--to", server.external, "--id", new_id("untrusting"), "--to-token", "a", "--listen", "",
+        "--match", OWN_UP,
     ]  # fmt: skip
     log = tmp_path / "untrusting.log"
     with ManagedProcess("untrusting", argv, log_path=log, env={"SSL_CERT_FILE": str(pki.rogue_ca)}):
@@ -231,13 +232,13 @@ def test_prometheus_with_the_client_certificate_scrapes_federate(
     the jobs without one or with the rogue CA's are refused (`up` 0)."""
     # An upload over TLS without a client certificate (httpx trusts SSL_CERT_FILE too).
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
-    jwt = authorize(server, "prom-tls")
-    answer = post_upload(server, jwt, encode_upload(valid_families("prom-tls")))
+    cluster = new_id("prom-tls")
+    answer = post_upload(server, authorize(server, cluster), encode_upload(valid_families(cluster)))
     assert answer.status_code == 200, answer.text
     wait_for_query(prometheus.url, f'up{{job="{GOOD}"}} == 1', timeout=30)
     for job in (NO_CERT, ROGUE):
         wait_for_query(prometheus.url, f'up{{job="{job}"}} == 0', timeout=30)
-    scraped = wait_for_query(prometheus.url, 'abuse_metric_1{_id="prom-tls"}', timeout=30)
+    scraped = wait_for_query(prometheus.url, f'abuse_metric_1{{_id="{cluster}"}}', timeout=30)
     assert len(scraped) == 5 and {s["metric"]["job"] for s in scraped} == {GOOD}
     up = {s["metric"]["job"]: s["value"][1] for s in prometheus.query('up{job=~"tls-.*"}')}
     assert up == {GOOD: "1", NO_CERT: "0", ROGUE: "0"}
