@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,8 +44,10 @@ def _config(
     head_timeout_s: float,
     uploads: Runtime | None = None,
     linger: tuple[int, float, Counter] | None = None,
+    client_ca: Path | None = None,
 ) -> uvicorn.Config:
-    """``linger``: the lingering-close bounds (bytes, seconds) and the counter of their ends."""
+    """``linger``: the lingering-close bounds (bytes, seconds) and the counter of their ends;
+    ``client_ca``: require a client certificate signed by it (docs/operations.md, "TLS")."""
     host, port = parse_listen_address(address)
     attributes: dict[str, object] = {"head_timeout_s": head_timeout_s, "runtime": uploads}
     if linger is not None:
@@ -64,6 +67,8 @@ def _config(
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         ssl_certfile=crt,
         ssl_keyfile=key,
+        ssl_ca_certs=client_ca,
+        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED,
     )
 
 
@@ -99,6 +104,7 @@ async def serve(settings: ServerSettings) -> None:
                     settings.internal_tls_key,
                     head_timeout_s=settings.upload_timeout,
                     linger=linger,
+                    client_ca=settings.internal_tls_client_ca,
                 )
             ),
         ]

@@ -129,6 +129,10 @@ class ServerSettings(BaseSettings):
         default=None, description="certificate of the internal listener"
     )
     internal_tls_key: Path | None = Field(default=None, description="key of the internal listener")
+    internal_tls_client_ca: Path | None = Field(
+        default=None,
+        description="CA bundle: the internal listener then requires a client certificate it signed",
+    )
     forward_url: str | None = Field(
         default=None, description="remote-write URL every accepted upload is forwarded to"
     )
@@ -216,6 +220,11 @@ class ServerSettings(BaseSettings):
             raise ValueError("--tls-crt and --tls-key must be given together")
         if (self.internal_tls_crt is None) != (self.internal_tls_key is None):
             raise ValueError("--internal-tls-crt and --internal-tls-key must be given together")
+        if self.internal_tls_client_ca is not None and self.internal_tls_crt is None:
+            raise ValueError(
+                "--internal-tls-client-ca needs --internal-tls-crt and --internal-tls-key "
+                "(client certificates are checked only on a TLS listener)"
+            )
         if self.forward_url and not self.forward_url.startswith(("http://", "https://")):
             raise ValueError("--forward-url must be an http:// or https:// URL")
         if (self.forward_client_crt is None) != (self.forward_client_key is None):

@@ -27,7 +27,6 @@ import httpx
 from bench.common import (
     OTHER_CPUS,
     SERVER_CPUS,
-    go_binaries,
     machine_description,
     median,
     metric_sum,
@@ -39,6 +38,7 @@ from dev.launch import ServerHandle
 from dev.ports import free_port
 from dev.processes import ManagedProcess
 from dev.prometheus import start_prometheus, wait_for
+from dev.upstream import go_binaries
 
 CLIENTS = ("ours", "go")
 MATCH = '{__name__=~".+"}'

@@ -31,6 +31,7 @@ from dev.launch import KEEP_ALL, ServerHandle, start_server, write_signing_key
 from dev.ports import free_ports
 from dev.processes import ManagedProcess
 from dev.redis_cluster import LocalRedisCluster
+from dev.upstream import go_binaries
 
 STANDARD_PAYLOAD = (
     Path(__file__).resolve().parents[1]
@@ -40,8 +41,6 @@ STANDARD_PAYLOAD = (
     / "upstream"
     / "timeseries.txt"
 ).resolve()
-GO_BIN = Path(__file__).resolve().parents[1] / ".upstream" / "bin"
-GO_BUILD = Path(__file__).resolve().parents[1] / ".." / "shared" / "upstream" / "build.sh"
 GO_UPLOAD_CPU_MS = 1.84  # Go telemeter-server 2019, server CPU per accepted standard upload
 GO_FEDERATE_S = 0.97  # Go, /federate of 1000 clusters x 232 series on one pod
 GO_RSS_PER_SERIES = 3200  # Go keeps ~3.2 KB of RSS per stored series
@@ -279,13 +278,6 @@ def stack(*, pin_redis: str | None = None) -> Iterator[Stack]:
         finally:
             bench.stop_servers()
             cluster.stop()
-
-
-def go_binaries() -> Path:
-    """The Go 2019 binaries, built offline on first use."""
-    if not (GO_BIN / "telemeter-server").exists():
-        subprocess.run([str(GO_BUILD.resolve()), str(GO_BIN)], check=True)
-    return GO_BIN
 
 
 @contextlib.contextmanager

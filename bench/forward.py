@@ -25,7 +25,6 @@ from bench.common import (
     Stack,
     cpu_seconds,
     fill,
-    go_binaries,
     load,
     load_config,
     machine_description,
@@ -40,6 +39,7 @@ from bench.common import (
 from dev.launch import ServerHandle
 from dev.ports import free_ports
 from dev.prometheus import start_receiver
+from dev.upstream import go_binaries
 
 TARGET_MS = 0.15  # forwarding may add at most this much server CPU per standard upload
 # ours+fwd1: one --tenant-id for all, so a request carries up to --forward-batch-entries uploads

@@ -38,7 +38,6 @@ from bench.common import (
     Stack,
     cpu_seconds,
     cpu_times,
-    go_binaries,
     load,
     load_config,
     machine_description,
@@ -53,6 +52,7 @@ from bench.common import (
 from dev.launch import ServerHandle
 from dev.ports import free_ports
 from dev.processes import ManagedProcess
+from dev.upstream import go_binaries
 
 SERVERS = ("ours", "go")
 Results = dict[tuple[float, str], list["Window"]]  # by (rate, server)

@@ -118,6 +118,7 @@ def stack_config(
     rule_file: Path,
     scrape_interval: str = "1s",
     replica: str = "demo-0",
+    extra_scrape_configs: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The whole configuration of the stack's Prometheus (source and central roles)."""
     return {
@@ -133,6 +134,7 @@ def stack_config(
             {"job_name": SOURCE_JOB, "static_configs": [{"targets": [self_address]}]},
             federate_scrape_config(federate_targets),
             server_scrape_config(server_targets),
+            *extra_scrape_configs,
         ],
     }
 
@@ -164,8 +166,10 @@ def start_prometheus(
     server_targets: Mapping[str, str],
     scrape_interval: str = "1s",
     binary: str | None = None,
+    extra_scrape_configs: Sequence[Mapping[str, Any]] = (),
 ) -> PrometheusHandle:
-    """Write the stack's configuration and start Prometheus on a free port; wait until ready.
+    """Write the stack's configuration (plus ``extra_scrape_configs``) and start Prometheus on a
+    free port; wait until ready.
 
     JSON is valid YAML, so the configuration is written with :mod:`json` (no YAML dependency).
     """
@@ -188,6 +192,7 @@ def start_prometheus(
             server_targets=server_targets,
             rule_file=rule_file,
             scrape_interval=scrape_interval,
+            extra_scrape_configs=extra_scrape_configs,
         )
         config_file.write_text(json.dumps(config, indent=2))
         try:

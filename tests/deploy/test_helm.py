@@ -13,6 +13,7 @@ routes of the app behind that port.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import tomllib
@@ -52,6 +53,7 @@ NON_DEFAULT: dict[str, Any] = {
     "image": {"repository": "registry.example.com/telemeter", "tag": "0.1.0-1"},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Telemeter"}},
     "networkPolicy": {
         "monitoringNamespace": "openshift-monitoring",
         "monitoringPodLabels": {"app.kubernetes.io/name": "prometheus"},
@@ -118,8 +120,35 @@ ROTATION: dict[str, Any] = {
         ],
     },
 }
+# TLS on both listeners, client certificates on the internal one, and the Prometheus Operator
+# scraping with its own (docs/operations.md "TLS").
+SCRAPER_TLS = {
+    "ca": {"secret": {"name": "telemeter-ca", "key": "ca.crt"}},
+    "cert": {"secret": {"name": "prometheus-telemeter-client", "key": "tls.crt"}},
+    "keySecret": {"name": "prometheus-telemeter-client", "key": "tls.key"},
+    "serverName": f"{FULLNAME}-internal",
+}
+TLS: dict[str, Any] = {
+    "tls": {
+        "secret": "telemeter-external-tls",
+        "internal": {
+            "secret": "telemeter-internal-tls",
+            "clientCASecret": "telemeter-scrapers-ca",
+            "clientCASecretKey": "bundle.pem",
+        },
+    },
+    "serviceMonitor": {"enabled": True, "tlsConfig": SCRAPER_TLS},
+    "client": {
+        "enabled": True,
+        "id": "cluster-a",
+        "from": "http://prometheus:9090",
+        "token": "t",
+        "toCASecret": "telemeter-external-ca",
+    },
+}
 VALUES = {
     "default": None,
+    "tls": TLS,
     "rotation": ROTATION,
     "non-default": NON_DEFAULT,
     "forwarding": FORWARDING,
@@ -221,7 +250,7 @@ def test_every_core_manifest_is_valid_kubernetes(which: str) -> None:
     if which != "rotation":  # there every Secret exists already
         expected |= {"Secret"}
     if which == "non-default":
-        expected |= {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
+        expected |= {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
     assert expected <= kinds
 
 
@@ -251,6 +280,10 @@ def test_server_deployment_matches_the_real_flags_ports_and_routes(which: str) -
         get = container[probe]["httpGet"]
         listener = {"http": "external", "internal": "internal"}[get["port"]]
         assert get["path"] in _routes(listener), f"{probe}: {get['path']} is not served"
+        tls = s.tls_crt if listener == "external" else s.internal_tls_crt
+        assert get["scheme"] == ("HTTPS" if tls else "HTTP"), probe
+        if listener == "internal":
+            assert s.internal_tls_client_ca is None, f"{probe}: kubelet has no client certificate"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     # The pod is killed only after it released its ring leases and drained its listeners.
@@ -416,6 +449,45 @@ def test_forwarding_with_only_a_url_keeps_the_server_defaults() -> None:
     assert {v["name"] for v in volumes} == {"signing-key", "tmp"}
 
 
+# ----- TLS on the listeners --------------------------------------------------------------------
+
+
+def test_tls_secrets_are_mounted_where_the_flags_point() -> None:
+    deployment = _one("tls", "Deployment", FULLNAME)
+    s = _server_settings(_container(deployment))
+    mounts = {m["name"]: m["mountPath"] for m in _container(deployment)["volumeMounts"]}
+    volumes = {v["name"]: v["secret"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+               if "secret" in v}  # fmt: skip
+    internal = TLS["tls"]["internal"]
+    for volume, secret, crt, key in (
+        ("tls-external", TLS["tls"]["secret"], s.tls_crt, s.tls_key),
+        ("tls-internal", internal["secret"], s.internal_tls_crt, s.internal_tls_key),
+    ):
+        assert volumes[volume]["secretName"] == secret  # a kubernetes.io/tls Secret
+        assert (str(crt), str(key)) == (f"{mounts[volume]}/tls.crt", f"{mounts[volume]}/tls.key")
+    assert volumes["tls-client-ca"]["secretName"] == internal["clientCASecret"]
+    assert str(s.internal_tls_client_ca) == f"{mounts['tls-client-ca']}/bundle.pem"
+    for name in (f"{FULLNAME}-federate", FULLNAME):
+        (endpoint,) = _one("tls", "ServiceMonitor", name)["spec"]["endpoints"]
+        assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == SCRAPER_TLS
+    for which in ("default", "non-default"):
+        s = _server_settings(_container(_one(which, "Deployment", FULLNAME)))
+        assert s.tls_crt is s.internal_tls_crt is s.internal_tls_client_ca is None
+        for monitor in _kind(which, "ServiceMonitor"):
+            assert "scheme" not in monitor["spec"]["endpoints"][0]
+
+
+def test_client_pushes_over_https_trusting_the_given_ca() -> None:
+    container = _container(_one("tls", "Deployment", f"{FULLNAME}-client"))
+    settings = settings_from_args(client_parser().parse_args(container["args"]))
+    assert urlsplit(settings.upload_url).scheme == "https"
+    (env,) = container["env"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env == {"name": "SSL_CERT_FILE", "value": f"{mounts['ca']}/ca.crt"}
+    client = _container(_one("non-default", "Deployment", f"{FULLNAME}-client"))
+    assert "env" not in client and urlsplit(client["args"][1].split("=", 1)[1]).scheme == "http"
+
+
 # ----- PrometheusRule: the alerts of files/alerts.yaml ------------------------------------------
 
 
@@ -425,6 +497,15 @@ def test_prometheus_rule_carries_the_plain_alerts_file() -> None:
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     assert not _kind("default", "PrometheusRule")  # off unless asked for
+
+
+def test_dashboard_config_map_carries_the_plain_dashboard_file() -> None:
+    config_map = _one("non-default", "ConfigMap", f"{FULLNAME}-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Telemeter"}
+    (text,) = config_map["data"].values()
+    assert json.loads(text) == json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert not _kind("default", "ConfigMap")  # off unless asked for
 
 
 # ----- ServiceMonitors: the recommended scrape configuration -----------------------------------
@@ -512,6 +593,14 @@ def test_client_deployment_parses_and_pushes_to_the_release() -> None:
         ({"forward": {"url": "http://r:9090/api/v1/write", "queueLimit": 0}}, "forward/queueLimit"),
         ({"forward": {"tenantHeader": "X Scope OrgID"}}, "forward/tenantHeader"),
         ({"forward": {"maxAge": "an hour"}}, "forward/maxAge"),
+        ({"tls": {"internal": {"clientCASecret": "ca"}}}, "needs tls.internal.secret"),
+        (
+            {
+                "tls": {"internal": {"secret": "internal-tls", "clientCASecret": "ca"}},
+                "serviceMonitor": {"enabled": True},
+            },
+            "serviceMonitor.tlsConfig.cert",
+        ),
         (
             {"forward": {"url": "http://r:9090/api/v1/write", "oidc": {"issuer": "https://sso"}}},
             "clientId",
