@@ -33,11 +33,11 @@ from client.tokens import (
     parse_token_response,
 )
 from telemeter import metrics_pb2
-from telemeter.delimited import read_families, write_families
-from telemeter.errors import InvalidPayload
+from telemeter.delimited import iter_delimited, read_families, write_families
+from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.snappy import encode_framed
 from telemeter.textparse import parse_text
-from telemeter.transforms import transform_families
+from telemeter.transforms import ClientPass
 
 __all__ = [
     "DELIMITED_CONTENT_TYPE",
@@ -75,7 +75,7 @@ _MAX_REQUEST_SECONDS = 60.0
 class ForwardResult:
     """What one successful cycle did."""
 
-    families: list[metrics_pb2.MetricFamily]
+    families: int
     scraped_samples: int
     sent_samples: int
     uploaded: bool
@@ -100,13 +100,13 @@ class Forwarder:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._runtime = runtime
         self._metrics = metrics
         self._transport = transport
         self._timeout = timeout_seconds or min(settings.interval_seconds, _MAX_REQUEST_SECONDS)
         self._tokens = tokens or TokenCache()
         self._wall_clock = wall_clock
-        self._last: list[metrics_pb2.MetricFamily] = []
+        self._last = b""
+        self.reconfigure(runtime)
 
     @property
     def runtime(self) -> Runtime:
@@ -116,67 +116,70 @@ class Forwarder:
     def reconfigure(self, runtime: Runtime) -> None:
         """Use ``runtime`` from the next cycle on (a cycle in flight keeps its own)."""
         self._runtime = runtime
+        self._pass = ClientPass(
+            labels=self._settings.labels,
+            renames=self._settings.renames,
+            anonymize_labels=self._settings.anonymize_labels,
+            salt=runtime.salt,
+        )
 
     @property
     def last_families(self) -> list[metrics_pb2.MetricFamily]:
         """The families of the last cycle after the transforms (what was, or would be, sent)."""
-        return self._last
+        return read_families(self._last, max_families=len(self._last))
 
     async def forward(self) -> ForwardResult:
         """Run one cycle; raise a ForwardError subclass when it fails."""
-        runtime = self._runtime
+        runtime, transforms = self._runtime, self._pass
         self._metrics.requests.inc()
         try:
-            return await self._forward(runtime)
+            return await self._forward(runtime, transforms)
         except ForwardError:
             self._metrics.requests_failed.inc()
             raise
 
-    async def _forward(self, runtime: Runtime) -> ForwardResult:
+    async def _forward(self, runtime: Runtime, transforms: ClientPass) -> ForwardResult:
         # Like Go's http.Client, the scrape follows redirects; uploads and token exchanges don't.
         async with self._client(verify=runtime.from_verify, follow_redirects=True) as source:
             scraped = await self.scrape(source, runtime)
-        before = sum(len(family.metric) for family in scraped)
         if not scraped:
-            self._record([], before=0)
+            self._record(b"", before=0, after=0)
             logger.warning("no metrics to send, doing nothing")
-            return ForwardResult(families=[], scraped_samples=0, sent_samples=0, uploaded=False)
+            return ForwardResult(families=0, scraped_samples=0, sent_samples=0, uploaded=False)
         async with self._client(verify=runtime.to_verify, follow_redirects=False) as sink:
             token = await self.authorize(sink, runtime)
-            result = transform_families(
-                scraped,
-                labels=self._settings.labels,
-                renames=self._settings.renames,
-                anonymize_labels=self._settings.anonymize_labels,
-                salt=runtime.salt,
-                token_labels=token.labels,
-                now_ms=round(self._wall_clock() * 1000),
-            )
-            after = before - result.dropped
-            self._record(result.families, before=before)
+            try:
+                result = transforms.run(
+                    scraped,
+                    token_labels=token.labels,
+                    now_ms=round(self._wall_clock() * 1000),
+                    max_families=self._settings.limit_bytes,
+                )
+            except InvalidPayload as exc:
+                raise ScrapeError(f"cannot decode /federate answer: {exc}") from None
+            before, after = result.scraped, result.scraped - result.dropped
+            self._record(result.body, before=before, after=after)
             if not result.families:
                 logger.warning("no metrics to send after transforms, doing nothing")
                 return ForwardResult(
-                    families=[], scraped_samples=before, sent_samples=0, uploaded=False
+                    families=0, scraped_samples=before, sent_samples=0, uploaded=False
                 )
-            await self.upload(sink, token, result.families)
+            await self.upload(sink, token, result.body)
         logger.info(
-            "pushed families=%d samples=%d dropped=%d", len(result.families), after, before - after
+            "pushed families=%d samples=%d dropped=%d", result.families, after, result.dropped
         )
         return ForwardResult(
             families=result.families, scraped_samples=before, sent_samples=after, uploaded=True
         )
 
-    def _record(self, families: list[metrics_pb2.MetricFamily], *, before: int) -> None:
-        after = sum(len(family.metric) for family in families)
+    def _record(self, body: bytes, *, before: int, after: int) -> None:
         self._metrics.samples.set(before)
         self._metrics.filtered_samples.set(before - after)
-        self._last = families
+        self._last = body
 
-    async def scrape(
-        self, client: httpx.AsyncClient, runtime: Runtime
-    ) -> list[metrics_pb2.MetricFamily]:
-        """GET ``/federate`` with the match rules; decode by Content-Type, at most limit-bytes."""
+    async def scrape(self, client: httpx.AsyncClient, runtime: Runtime) -> bytes:
+        """GET ``/federate`` with the match rules, at most limit-bytes; the answer as delimited
+        MetricFamily messages (a text answer is parsed and written so)."""
         url = federate_url(self._settings.from_url, runtime.rules)
         headers = {"Accept": SCRAPE_ACCEPT}
         if runtime.from_token:
@@ -242,10 +245,10 @@ class Forwarder:
         self,
         client: httpx.AsyncClient,
         token: UploadToken,
-        families: list[metrics_pb2.MetricFamily],
+        delimited: bytes,
     ) -> None:
-        """POST the families, delimited protobuf in a snappy framed stream."""
-        body = encode_framed(write_families(families))
+        """POST the delimited MetricFamily messages in a snappy framed stream."""
+        body = encode_framed(delimited)
         headers = {
             "Authorization": f"Bearer {token.value}",
             "Content-Type": DELIMITED_CONTENT_TYPE,
@@ -314,12 +317,11 @@ class _ClientContext:
             await self._client.aclose()
 
 
-def decode_federate(
-    body: bytes, content_type: str, *, max_families: int
-) -> list[metrics_pb2.MetricFamily]:
-    """Decode a ``/federate`` answer by its Content-Type: delimited protobuf, else text 0.0.4.
+def decode_federate(body: bytes, content_type: str, *, max_families: int) -> bytes:
+    """A ``/federate`` answer as delimited MetricFamily messages, by its Content-Type: delimited
+    protobuf as it came (decoded with the transforms), else text 0.0.4, parsed and written.
 
-    Raises InvalidPayload when the body does not decode (or is protobuf in another encoding).
+    Raises InvalidPayload when a text body does not parse or protobuf is in another encoding.
     """
     media, params = _media_type(content_type)
     if media == "application/vnd.google.protobuf":
@@ -328,9 +330,14 @@ def decode_federate(
             or params.get("encoding") != "delimited"
         ):
             raise InvalidPayload(f"unsupported protobuf answer {content_type!r}")
-        return read_families(body, max_families=max_families)
+        # The framing is checked here, before a token is exchanged for it; the messages are
+        # decoded with the transforms.
+        frames = sum(1 for _ in iter_delimited(body))
+        if frames > max_families:
+            raise TooLarge(f"delimited: more than {max_families} metric families")
+        return body
     # Go's expfmt falls back to the text format for any other (or missing) type.
-    return parse_text(body)
+    return write_families(parse_text(body))
 
 
 def _media_type(value: str) -> tuple[str, dict[str, str]]:

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from telemeter import metrics_pb2
+from telemeter._clientpass import Transforms
+from telemeter.delimited import read_families, write_families
+from telemeter.errors import InvalidPayload
 from telemeter.exposition import VALUE_FIELD
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,106 @@ class TransformResult:
 
     families: list[metrics_pb2.MetricFamily]
     dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transformed:
+    """An upload body (delimited MetricFamily messages) and what the transforms did."""
+
+    body: bytes
+    families: int
+    scraped: int  # samples in the scraped families
+    dropped: int  # of those, dropped as invalid
+
+
+class ClientPass:
+    """The transforms of one configuration, from a delimited ``/federate`` answer to the body.
+
+    The compiled pass (`telemeter._clientpass`) runs where it covers the input, which is what
+    Prometheus writes; elsewhere :meth:`reference` runs, so the body is the same either way
+    (docs/architecture.md, "The client's pass").
+    """
+
+    def __init__(
+        self,
+        *,
+        labels: Mapping[str, str],
+        renames: Mapping[str, str],
+        anonymize_labels: Sequence[str],
+        salt: str,
+    ) -> None:
+        self.labels, self.renames, self.salt = dict(labels), dict(renames), salt
+        self.anonymize_labels = tuple(anonymize_labels)
+        labels_ok = all(_label_ok(name, value) for name, value in labels.items())
+        self._fast = Transforms(self.renames, self.labels, self.anonymize_labels, salt, labels_ok)
+
+    def run(
+        self,
+        data: bytes,
+        *,
+        token_labels: Mapping[str, str],
+        now_ms: int,
+        max_families: int,
+        max_age_ms: int = DAY_MS,
+    ) -> Transformed:
+        """Transform ``data``; raise InvalidPayload or TooLarge as :func:`read_families` does."""
+        fast = self.compiled(
+            data,
+            token_labels=token_labels,
+            now_ms=now_ms,
+            max_families=max_families,
+            max_age_ms=max_age_ms,
+        )
+        if fast is not None:
+            return fast
+        return self.reference(
+            data,
+            token_labels=token_labels,
+            now_ms=now_ms,
+            max_families=max_families,
+            max_age_ms=max_age_ms,
+        )
+
+    def compiled(
+        self,
+        data: bytes,
+        *,
+        token_labels: Mapping[str, str],
+        now_ms: int,
+        max_families: int,
+        max_age_ms: int = DAY_MS,
+    ) -> Transformed | None:
+        """The compiled pass alone: None where it does not cover ``data``."""
+        out = self._fast.run(data, token_labels, now_ms, max_age_ms, max_families)
+        return None if out is None else Transformed(*out)
+
+    def reference(
+        self,
+        data: bytes,
+        *,
+        token_labels: Mapping[str, str],
+        now_ms: int,
+        max_families: int,
+        max_age_ms: int = DAY_MS,
+    ) -> Transformed:
+        """The specification of :meth:`run`: decode, :func:`transform_families`, encode."""
+        families = read_families(data, max_families=max_families)
+        result = transform_families(
+            families,
+            labels=self.labels,
+            renames=self.renames,
+            anonymize_labels=self.anonymize_labels,
+            salt=self.salt,
+            token_labels=token_labels,
+            now_ms=now_ms,
+            max_age_ms=max_age_ms,
+        )
+        return Transformed(
+            body=write_families(result.families),
+            families=len(result.families),
+            scraped=sum(len(family.metric) for family in families),
+            dropped=result.dropped,
+        )
 
 
 def anonymize(salt: str, value: str) -> str:
@@ -67,7 +170,8 @@ def transform_families(
     out: list[metrics_pb2.MetricFamily] = []
     dropped = 0
     for source in families:
-        name = renames.get(source.name, source.name)
+        name = _text(source.name)
+        name = renames.get(name, name)
         if added_ok and _name_ok(name, _METRIC_NAME):
             expected = VALUE_FIELD.get(source.type)
             valid = [
@@ -82,7 +186,7 @@ def transform_families(
             continue
         # Stable, so samples with equal timestamps keep the order Prometheus gave them.
         valid.sort(key=lambda m: m.timestamp_ms)
-        family = metrics_pb2.MetricFamily(name=name, help=source.help, type=source.type)
+        family = metrics_pb2.MetricFamily(name=name, help=_text(source.help), type=source.type)
         for metric in valid:
             copy = family.metric.add()
             copy.CopyFrom(metric)
@@ -127,6 +231,13 @@ def _parse_pairs(
     return pairs
 
 
+def _text(value: str | bytes) -> str:
+    """A string field as upb gives it: bytes when it is not valid UTF-8."""
+    if isinstance(value, bytes):
+        raise InvalidPayload(f"{value[:64]!r} is not valid UTF-8")
+    return value
+
+
 def _name_ok(name: str, pattern: re.Pattern[str]) -> bool:
     return len(name) <= _MAX_NAME_OR_VALUE and pattern.fullmatch(name) is not None
 
@@ -143,7 +254,8 @@ def _sample_ok(
         return False
     # Labels about to be overwritten by --label are judged by their new (checked) values.
     if not all(
-        pair.name in overridden or _label_ok(pair.name, pair.value) for pair in metric.label
+        _text(pair.name) in overridden or _label_ok(pair.name, _text(pair.value))
+        for pair in metric.label
     ):
         return False
     present = [f for f in _VALUE_FIELDS if metric.HasField(f)]
