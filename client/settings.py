@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx
-
 from client.errors import ConfigError
 from telemeter.addresses import parse_listen_address
 from telemeter.durations import format_duration, parse_duration
@@ -95,8 +93,8 @@ class Runtime:
     per push would be most of the client's work)."""
 
     rules: tuple[str, ...]
-    from_verify: ssl.SSLContext | bool = True
-    to_verify: ssl.SSLContext | bool = True
+    from_verify: ssl.SSLContext = field(default_factory=ssl.create_default_context)
+    to_verify: ssl.SSLContext = field(default_factory=ssl.create_default_context)
     from_token: str = field(default="", repr=False)
     to_token: str = field(default="", repr=False)
     salt: str = field(default="", repr=False)
@@ -285,8 +283,8 @@ def load_runtime(settings: ClientSettings) -> Runtime:
         except InvalidSelector as exc:
             # Prometheus is the judge of its own selector syntax (ours lacks RE2-only forms).
             logger.warning("match rule may be invalid rule=%r reason=%s", rule, exc)
-    # The trust store httpx would use for verify=True (SSL_CERT_FILE / SSL_CERT_DIR, else certifi).
-    to_verify = httpx.create_ssl_context()
+    # The system's trust store, as Go uses; OpenSSL honours SSL_CERT_FILE and SSL_CERT_DIR.
+    to_verify = ssl.create_default_context()
     verify: ssl.SSLContext = to_verify
     if settings.from_ca_file is not None:
         # Go adds the file to the system roots rather than replacing them.

@@ -525,3 +525,16 @@ import hashlib
 cdef bytes _hash(bytes salt, bytes value):
     """telemeter.transforms.anonymize, on bytes."""
     return base64.urlsafe_b64encode(hashlib.sha256(salt + value).digest()[:9])
+
+
+def frames(bytes data):
+    """The varint-delimited messages in ``data``, or -1 when the framing is broken."""
+    cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(data)
+    cdef const uint8_t *end = p + PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t n, count = 0
+    while p < end:
+        if read_span(&p, end, &n) < 0:
+            return -1
+        p += n
+        count += 1
+    return count
