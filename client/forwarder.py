@@ -16,32 +16,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from client.backoff import parse_retry_after
 from client.errors import AuthorizeError, ForwardError, ScrapeError, UploadError
 from client.metrics import ClientMetrics
-from client.settings import ClientSettings, Runtime, federate_url
+from client.settings import ClientSettings, Runtime, Trust, federate_url
 from client.tokens import (
     MAX_RESPONSE_BYTES,
     TokenCache,
     UploadToken,
     parse_token_response,
 )
-from telemeter import metrics_pb2
 from telemeter._clientpass import frames
-from telemeter.delimited import read_families, write_families
+from telemeter.clientpass import ClientPass
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.httpclient import Answer, AnswerTooLarge, HTTPError, fetch
 from telemeter.snappy import encode_framed
-from telemeter.textparse import parse_text
-from telemeter.transforms import ClientPass
+
+if TYPE_CHECKING:
+    from telemeter import metrics_pb2
 
 __all__ = [
     "DELIMITED_CONTENT_TYPE",
@@ -134,6 +134,8 @@ class Forwarder:
     @property
     def last_families(self) -> list[metrics_pb2.MetricFamily]:
         """The families of the last cycle after the transforms (what was, or would be, sent)."""
+        from telemeter.delimited import read_families  # protobuf only when asked
+
         return read_families(self._last, max_families=len(self._last))
 
     async def forward(self) -> ForwardResult:
@@ -189,7 +191,7 @@ class Forwarder:
             headers["Authorization"] = f"Bearer {runtime.from_token}"
         limit = self._settings.limit_bytes
         try:
-            answer = await self._get_following(url, headers, runtime.from_verify, limit)
+            answer = await self._get_following(url, headers, runtime.from_trust, limit)
         except AnswerTooLarge:
             raise ScrapeError(f"/federate answer is larger than --limit-bytes={limit}") from None
         except _NETWORK_ERRORS as exc:
@@ -209,13 +211,13 @@ class Forwarder:
             raise ScrapeError(f"cannot decode /federate answer: {exc}") from None
 
     async def _get_following(
-        self, url: str, headers: dict[str, str], context: ssl.SSLContext, limit: int
+        self, url: str, headers: dict[str, str], trust: Trust, limit: int
     ) -> Answer:
         """GET, following up to 10 redirects as Go's http.Client does; the Authorization header
         goes to the same host only."""
         host = urlsplit(url).netloc
         for _ in range(_MAX_REDIRECTS):
-            answer = await self._fetch("GET", url, headers, b"", context, limit=limit)
+            answer = await self._fetch("GET", url, headers, b"", trust, limit=limit)
             location = answer.headers.get("location")
             if answer.status not in (301, 302, 303, 307, 308) or not location:
                 return answer
@@ -232,7 +234,7 @@ class Forwarder:
         headers = {"Authorization": f"Bearer {runtime.to_token}"}
         try:
             answer = await self._fetch(
-                "POST", self._settings.authorize_url, headers, b"", runtime.to_verify
+                "POST", self._settings.authorize_url, headers, b"", runtime.to_trust
             )
         except _NETWORK_ERRORS as exc:
             raise AuthorizeError(f"token exchange failed: {_describe(exc)}") from None
@@ -271,7 +273,7 @@ class Forwarder:
                 self._settings.upload_url,
                 headers,
                 encode_framed(delimited),
-                runtime.to_verify,
+                runtime.to_trust,
                 chunked=True,
             )
         except _NETWORK_ERRORS as exc:
@@ -297,7 +299,7 @@ class Forwarder:
         url: str,
         headers: dict[str, str],
         body: bytes,
-        context: ssl.SSLContext,
+        trust: Trust,
         *,
         chunked: bool = False,
         limit: int = _MAX_ANSWER_BYTES,
@@ -306,6 +308,7 @@ class Forwarder:
         headers = {"User-Agent": USER_AGENT, **headers}
         headers["Accept-Encoding"] = "gzip"
         headers["Connection"] = "close"
+        context = trust.context() if url.startswith("https:") else None
         async with asyncio.timeout(self._timeout):
             return await fetch(
                 method, url, headers, body, ssl_context=context, chunked=chunked, limit=limit
@@ -333,7 +336,11 @@ def decode_federate(body: bytes, content_type: str, *, max_families: int) -> byt
         if count > max_families:
             raise TooLarge(f"delimited: more than {max_families} metric families")
         return body
-    # Go's expfmt falls back to the text format for any other (or missing) type.
+    # Go's expfmt falls back to the text format for any other (or missing) type. Prometheus
+    # answers protobuf when asked: protobuf and the text parser are imported only here.
+    from telemeter.delimited import write_families
+    from telemeter.textparse import parse_text
+
     return write_families(parse_text(body))
 
 

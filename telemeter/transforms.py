@@ -3,7 +3,13 @@
 Order, as in the Go telemeter-client: ``--label`` pairs -> ``--rename`` of families -> drop invalid
 samples -> drop empty families -> sort each family by timestamp -> anonymize label values ->
 token labels (those the server's ``/authorize`` answer asked for). The input is never mutated.
+
+Nothing here imports protobuf at module level: the client imports this module for its flag
+parsers and runs the compiled pass (`telemeter.clientpass`); protobuf is loaded when the
+reference runs (docs/architecture.md, "The client's footprint").
 """
+
+from __future__ import annotations
 
 import base64
 import hashlib
@@ -11,12 +17,12 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from telemeter import metrics_pb2
-from telemeter._clientpass import Transforms
-from telemeter.delimited import read_families, write_families
 from telemeter.errors import InvalidPayload
-from telemeter.exposition import VALUE_FIELD
+
+if TYPE_CHECKING:
+    from telemeter import metrics_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -38,106 +44,6 @@ class TransformResult:
 
     families: list[metrics_pb2.MetricFamily]
     dropped: int
-
-
-@dataclass(frozen=True, slots=True)
-class Transformed:
-    """An upload body (delimited MetricFamily messages) and what the transforms did."""
-
-    body: bytes
-    families: int
-    scraped: int  # samples in the scraped families
-    dropped: int  # of those, dropped as invalid
-
-
-class ClientPass:
-    """The transforms of one configuration, from a delimited ``/federate`` answer to the body.
-
-    The compiled pass (`telemeter._clientpass`) runs where it covers the input, which is what
-    Prometheus writes; elsewhere :meth:`reference` runs, so the body is the same either way
-    (docs/architecture.md, "The client's pass").
-    """
-
-    def __init__(
-        self,
-        *,
-        labels: Mapping[str, str],
-        renames: Mapping[str, str],
-        anonymize_labels: Sequence[str],
-        salt: str,
-    ) -> None:
-        self.labels, self.renames, self.salt = dict(labels), dict(renames), salt
-        self.anonymize_labels = tuple(anonymize_labels)
-        labels_ok = all(_label_ok(name, value) for name, value in labels.items())
-        self._fast = Transforms(self.renames, self.labels, self.anonymize_labels, salt, labels_ok)
-
-    def run(
-        self,
-        data: bytes,
-        *,
-        token_labels: Mapping[str, str],
-        now_ms: int,
-        max_families: int,
-        max_age_ms: int = DAY_MS,
-    ) -> Transformed:
-        """Transform ``data``; raise InvalidPayload or TooLarge as :func:`read_families` does."""
-        fast = self.compiled(
-            data,
-            token_labels=token_labels,
-            now_ms=now_ms,
-            max_families=max_families,
-            max_age_ms=max_age_ms,
-        )
-        if fast is not None:
-            return fast
-        return self.reference(
-            data,
-            token_labels=token_labels,
-            now_ms=now_ms,
-            max_families=max_families,
-            max_age_ms=max_age_ms,
-        )
-
-    def compiled(
-        self,
-        data: bytes,
-        *,
-        token_labels: Mapping[str, str],
-        now_ms: int,
-        max_families: int,
-        max_age_ms: int = DAY_MS,
-    ) -> Transformed | None:
-        """The compiled pass alone: None where it does not cover ``data``."""
-        out = self._fast.run(data, token_labels, now_ms, max_age_ms, max_families)
-        return None if out is None else Transformed(*out)
-
-    def reference(
-        self,
-        data: bytes,
-        *,
-        token_labels: Mapping[str, str],
-        now_ms: int,
-        max_families: int,
-        max_age_ms: int = DAY_MS,
-    ) -> Transformed:
-        """The specification of :meth:`run`: decode, :func:`transform_families`, encode."""
-        families = read_families(data, max_families=max_families)
-        result = transform_families(
-            families,
-            labels=self.labels,
-            renames=self.renames,
-            anonymize_labels=self.anonymize_labels,
-            salt=self.salt,
-            token_labels=token_labels,
-            now_ms=now_ms,
-            max_age_ms=max_age_ms,
-        )
-        return Transformed(
-            body=write_families(result.families),
-            families=len(result.families),
-            scraped=sum(len(family.metric) for family in families),
-            dropped=result.dropped,
-        )
 
 
 def anonymize(salt: str, value: str) -> str:
@@ -163,10 +69,13 @@ def transform_families(
     invalid metric or label name (or one over 255 characters, or a value over 255 characters), or
     carries a value field other than the one its family type calls for.
     """
+    from telemeter import metrics_pb2
+    from telemeter.exposition import VALUE_FIELD
+
     min_ms = now_ms - max_age_ms
     hashed = frozenset(anonymize_labels)
     # Added labels are part of every sample: if one is invalid, every sample is.
-    added_ok = all(_label_ok(name, value) for name, value in labels.items())
+    added_ok = all(label_ok(name, value) for name, value in labels.items())
     out: list[metrics_pb2.MetricFamily] = []
     dropped = 0
     for source in families:
@@ -242,7 +151,7 @@ def _name_ok(name: str, pattern: re.Pattern[str]) -> bool:
     return len(name) <= _MAX_NAME_OR_VALUE and pattern.fullmatch(name) is not None
 
 
-def _label_ok(name: str, value: str) -> bool:
+def label_ok(name: str, value: str) -> bool:
     return _name_ok(name, _LABEL_NAME) and len(value) <= _MAX_NAME_OR_VALUE
 
 
@@ -254,7 +163,7 @@ def _sample_ok(
         return False
     # Labels about to be overwritten by --label are judged by their new (checked) values.
     if not all(
-        _text(pair.name) in overridden or _label_ok(pair.name, _text(pair.value))
+        _text(pair.name) in overridden or label_ok(pair.name, _text(pair.value))
         for pair in metric.label
     ):
         return False

@@ -148,12 +148,12 @@ def test_transforms_in_go_order_and_token_labels_last(
     ]
     assert result.scraped_samples == 4 and result.sent_samples == 3 and result.uploaded
     assert forwarder.last_families == families
-    assert metrics.registry.get_sample_value("federate_samples") == 4
-    assert metrics.registry.get_sample_value("federate_filtered_samples") == 1
-    assert metrics.registry.get_sample_value("federate_requests_total") == 1
-    assert metrics.registry.get_sample_value("federate_requests_failed_total") == 0
+    assert metrics.get_sample_value("federate_samples") == 4
+    assert metrics.get_sample_value("federate_filtered_samples") == 1
+    assert metrics.get_sample_value("federate_requests_total") == 1
+    assert metrics.get_sample_value("federate_requests_failed_total") == 0
     for client in ("federate_from", "federate_authorize", "federate_to"):
-        value = metrics.registry.get_sample_value(
+        value = metrics.get_sample_value(
             "metricsclient_http_requests_total", {"client": client, "status_code": "200"}
         )
         assert value == 1
@@ -266,8 +266,8 @@ def test_upload_errors_tell_the_loop_what_to_do(
         retry_after,
     )
     assert len(str(error)) < 1200  # the answer is cut, as Go cuts it at 1 KiB
-    assert metrics.registry.get_sample_value("federate_requests_failed_total") == 1
-    count = metrics.registry.get_sample_value(
+    assert metrics.get_sample_value("federate_requests_failed_total") == 1
+    count = metrics.get_sample_value(
         "metricsclient_http_requests_total", {"client": "federate_to", "status_code": str(status)}
     )
     assert count == 1

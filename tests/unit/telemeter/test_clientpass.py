@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telemeter import metrics_pb2
+from telemeter.clientpass import ClientPass, Transformed
 from telemeter.delimited import encode_varint, write_families
 from telemeter.errors import InvalidPayload
-from telemeter.transforms import ClientPass, Transformed
 
 NOW_MS = 1_700_000_000_000
 HOUR_MS = 3600 * 1000

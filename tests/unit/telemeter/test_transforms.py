@@ -8,11 +8,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemeter import metrics_pb2
+from telemeter.clientpass import ClientPass
 from telemeter.delimited import write_families
 from telemeter.transforms import (
     DAY_MS,
     DEFAULT_RENAMES,
-    ClientPass,
     anonymize,
     parse_label_pairs,
     parse_renames,
