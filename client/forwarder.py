@@ -20,7 +20,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -34,6 +33,7 @@ from client.tokens import (
     UploadToken,
     parse_token_response,
 )
+from telemeter import __version__
 from telemeter._clientpass import frames
 from telemeter.clientpass import ClientPass
 from telemeter.errors import InvalidPayload, TooLarge
@@ -61,14 +61,7 @@ DELIMITED_CONTENT_TYPE = (
 SCRAPE_ACCEPT = DELIMITED_CONTENT_TYPE + " , text/plain; version=0.0.4; charset=utf-8"
 
 
-def _version() -> str:
-    try:
-        return metadata.version("telemeter")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "dev"
-
-
-USER_AGENT = f"telemeter-client/{_version()}"
+USER_AGENT = f"telemeter-client/{__version__}"
 # How much of an error answer is kept for the log (Go keeps 1 KiB).
 _ERROR_BODY_BYTES = 1024
 # The longest any single request may take; shorter intervals shorten it further.
