@@ -18,12 +18,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from client.errors import ConfigError
-from client.metrics import ClientMetrics
+from client.metrics import CONTENT_TYPE, ClientMetrics
 from client.worker import Worker
-from telemeter.exposition import TEXT_CONTENT_TYPE, render_text
 
 __all__ = ["Listener"]
 
@@ -77,9 +74,13 @@ class Listener:
         return handler()
 
     def _self_metrics(self) -> Answer:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
+        return 200, CONTENT_TYPE, self._metrics.render()
 
     def _last_payload(self) -> Answer:
+        # Imported here: protobuf is only needed when someone looks (docs/architecture.md,
+        # "The client's footprint").
+        from telemeter.exposition import TEXT_CONTENT_TYPE, render_text
+
         text = render_text(self._worker.forwarder.last_families)
         return 200, TEXT_CONTENT_TYPE, text.encode()
 

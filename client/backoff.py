@@ -9,7 +9,6 @@ instead, up to :data:`MAX_RETRY_AFTER_SECONDS` so that a broken server cannot pa
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import random
@@ -66,6 +65,8 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
         seconds = float(text)
     else:
         try:
+            import email.utils  # only for an HTTP-date: the email package is ~1.4 MiB
+
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError):
             return None

@@ -9,7 +9,7 @@
             ├── AuthorizeError  the token exchange at ``/authorize`` failed
             └── UploadError     the server refused or failed the upload
 
-httpx errors are translated into these in :mod:`client.forwarder` and nowhere else.
+Network errors are translated into these in :mod:`client.forwarder` and nowhere else.
 The worker loop decides from a ForwardError alone how long to wait before the next attempt.
 """
 

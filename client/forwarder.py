@@ -5,39 +5,43 @@ recorded from the Go client): same method, path, query and headers (the upload i
 ``Transfer-Encoding: chunked`` and no ``Content-Length``, as the Go client does), with one
 deliberate difference: ``User-Agent`` names this client. Like the Go client we send
 ``Accept-Encoding: gzip`` and ``Connection: close``: one push every 4.5 minutes gains nothing
-from pooled connections, which idle out in between anyway.
+from pooled connections, which idle out in between anyway. Each request is one
+`telemeter.httpclient.fetch` on a connection of its own; the scrape follows redirects, as Go's
+``http.Client`` does, and the uploads and token exchanges don't.
 
-httpx errors are translated into :mod:`client.errors` here, and only here.
+Network errors are translated into :mod:`client.errors` here, and only here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
-
-import httpx
+from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
 
 from client.backoff import parse_retry_after
 from client.errors import AuthorizeError, ForwardError, ScrapeError, UploadError
 from client.metrics import ClientMetrics
-from client.settings import ClientSettings, Runtime, federate_url
+from client.settings import ClientSettings, Runtime, Trust, federate_url
 from client.tokens import (
     MAX_RESPONSE_BYTES,
     TokenCache,
     UploadToken,
     parse_token_response,
 )
-from telemeter import metrics_pb2
-from telemeter.delimited import read_families, write_families
-from telemeter.errors import InvalidPayload
+from telemeter import __version__
+from telemeter._clientpass import frames
+from telemeter.clientpass import ClientPass
+from telemeter.errors import InvalidPayload, TooLarge
+from telemeter.httpclient import Answer, AnswerTooLarge, HTTPError, fetch
 from telemeter.snappy import encode_framed
-from telemeter.textparse import parse_text
-from telemeter.transforms import transform_families
+
+if TYPE_CHECKING:
+    from telemeter import metrics_pb2
 
 __all__ = [
     "DELIMITED_CONTENT_TYPE",
@@ -57,25 +61,24 @@ DELIMITED_CONTENT_TYPE = (
 SCRAPE_ACCEPT = DELIMITED_CONTENT_TYPE + " , text/plain; version=0.0.4; charset=utf-8"
 
 
-def _version() -> str:
-    try:
-        return metadata.version("telemeter")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "dev"
-
-
-USER_AGENT = f"telemeter-client/{_version()}"
+USER_AGENT = f"telemeter-client/{__version__}"
 # How much of an error answer is kept for the log (Go keeps 1 KiB).
 _ERROR_BODY_BYTES = 1024
 # The longest any single request may take; shorter intervals shorten it further.
 _MAX_REQUEST_SECONDS = 60.0
+_MAX_REDIRECTS = 10  # as Go's http.Client
+_MAX_ANSWER_BYTES = 1024 * 1024  # of a token exchange or upload answer
+# What a request can fail with: the network, TLS, a cut or malformed answer, the timeout.
+_NETWORK_ERRORS = (
+    OSError, EOFError, HTTPError, TimeoutError, ValueError, asyncio.LimitOverrunError
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class ForwardResult:
     """What one successful cycle did."""
 
-    families: list[metrics_pb2.MetricFamily]
+    families: int
     scraped_samples: int
     sent_samples: int
     uploaded: bool
@@ -84,8 +87,8 @@ class ForwardResult:
 class Forwarder:
     """Scrape, transform and upload, with the current :class:`Runtime` (swapped on reload).
 
-    ``transport`` replaces the network for tests; ``wall_clock`` gives Unix seconds (sample
-    ages), ``tokens`` the upload-token cache (with its own monotonic clock).
+    ``wall_clock`` gives Unix seconds (sample ages), ``tokens`` the upload-token cache (with its
+    own monotonic clock).
     """
 
     def __init__(
@@ -94,19 +97,17 @@ class Forwarder:
         runtime: Runtime,
         *,
         metrics: ClientMetrics,
-        transport: httpx.AsyncBaseTransport | None = None,
         timeout_seconds: float | None = None,
         tokens: TokenCache | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._runtime = runtime
         self._metrics = metrics
-        self._transport = transport
         self._timeout = timeout_seconds or min(settings.interval_seconds, _MAX_REQUEST_SECONDS)
         self._tokens = tokens or TokenCache()
         self._wall_clock = wall_clock
-        self._last: list[metrics_pb2.MetricFamily] = []
+        self._last = b""
+        self.reconfigure(runtime)
 
     @property
     def runtime(self) -> Runtime:
@@ -116,210 +117,202 @@ class Forwarder:
     def reconfigure(self, runtime: Runtime) -> None:
         """Use ``runtime`` from the next cycle on (a cycle in flight keeps its own)."""
         self._runtime = runtime
+        self._pass = ClientPass(
+            labels=self._settings.labels,
+            renames=self._settings.renames,
+            anonymize_labels=self._settings.anonymize_labels,
+            salt=runtime.salt,
+        )
 
     @property
     def last_families(self) -> list[metrics_pb2.MetricFamily]:
         """The families of the last cycle after the transforms (what was, or would be, sent)."""
-        return self._last
+        from telemeter.delimited import read_families  # protobuf only when asked
+
+        return read_families(self._last, max_families=len(self._last))
 
     async def forward(self) -> ForwardResult:
         """Run one cycle; raise a ForwardError subclass when it fails."""
-        runtime = self._runtime
+        runtime, transforms = self._runtime, self._pass
         self._metrics.requests.inc()
         try:
-            return await self._forward(runtime)
+            return await self._forward(runtime, transforms)
         except ForwardError:
             self._metrics.requests_failed.inc()
             raise
 
-    async def _forward(self, runtime: Runtime) -> ForwardResult:
-        # Like Go's http.Client, the scrape follows redirects; uploads and token exchanges don't.
-        async with self._client(verify=runtime.from_verify, follow_redirects=True) as source:
-            scraped = await self.scrape(source, runtime)
-        before = sum(len(family.metric) for family in scraped)
+    async def _forward(self, runtime: Runtime, transforms: ClientPass) -> ForwardResult:
+        scraped = await self.scrape(runtime)
         if not scraped:
-            self._record([], before=0)
+            self._record(b"", before=0, after=0)
             logger.warning("no metrics to send, doing nothing")
-            return ForwardResult(families=[], scraped_samples=0, sent_samples=0, uploaded=False)
-        async with self._client(verify=runtime.to_verify, follow_redirects=False) as sink:
-            token = await self.authorize(sink, runtime)
-            result = transform_families(
+            return ForwardResult(families=0, scraped_samples=0, sent_samples=0, uploaded=False)
+        token = await self.authorize(runtime)
+        try:
+            result = transforms.run(
                 scraped,
-                labels=self._settings.labels,
-                renames=self._settings.renames,
-                anonymize_labels=self._settings.anonymize_labels,
-                salt=runtime.salt,
                 token_labels=token.labels,
                 now_ms=round(self._wall_clock() * 1000),
+                max_families=self._settings.limit_bytes,
             )
-            after = before - result.dropped
-            self._record(result.families, before=before)
-            if not result.families:
-                logger.warning("no metrics to send after transforms, doing nothing")
-                return ForwardResult(
-                    families=[], scraped_samples=before, sent_samples=0, uploaded=False
-                )
-            await self.upload(sink, token, result.families)
+        except InvalidPayload as exc:
+            raise ScrapeError(f"cannot decode /federate answer: {exc}") from None
+        before, after = result.scraped, result.scraped - result.dropped
+        self._record(result.body, before=before, after=after)
+        if not result.families:
+            logger.warning("no metrics to send after transforms, doing nothing")
+            return ForwardResult(families=0, scraped_samples=before, sent_samples=0, uploaded=False)
+        await self.upload(runtime, token, result.body)
         logger.info(
-            "pushed families=%d samples=%d dropped=%d", len(result.families), after, before - after
+            "pushed families=%d samples=%d dropped=%d", result.families, after, result.dropped
         )
         return ForwardResult(
             families=result.families, scraped_samples=before, sent_samples=after, uploaded=True
         )
 
-    def _record(self, families: list[metrics_pb2.MetricFamily], *, before: int) -> None:
-        after = sum(len(family.metric) for family in families)
+    def _record(self, body: bytes, *, before: int, after: int) -> None:
         self._metrics.samples.set(before)
         self._metrics.filtered_samples.set(before - after)
-        self._last = families
+        self._last = body
 
-    async def scrape(
-        self, client: httpx.AsyncClient, runtime: Runtime
-    ) -> list[metrics_pb2.MetricFamily]:
-        """GET ``/federate`` with the match rules; decode by Content-Type, at most limit-bytes."""
+    async def scrape(self, runtime: Runtime) -> bytes:
+        """GET ``/federate`` with the match rules, at most limit-bytes; the answer as delimited
+        MetricFamily messages (a text answer is parsed and written so)."""
         url = federate_url(self._settings.from_url, runtime.rules)
         headers = {"Accept": SCRAPE_ACCEPT}
         if runtime.from_token:
             headers["Authorization"] = f"Bearer {runtime.from_token}"
         limit = self._settings.limit_bytes
         try:
-            async with asyncio.timeout(self._timeout):
-                async with client.stream("GET", url, headers=headers) as response:
-                    self._metrics.count_http("federate_from", response.status_code)
-                    if response.status_code != 200:
-                        detail = await _read_detail(response)
-                        raise ScrapeError(
-                            f"Prometheus answered {response.status_code}: {detail}",
-                            status=response.status_code,
-                        )
-                    body = await _read_limited(response, limit)
-                    if body is None:
-                        raise ScrapeError(f"/federate answer is larger than --limit-bytes={limit}")
-                    content_type = response.headers.get("content-type", "")
-        except (httpx.HTTPError, TimeoutError) as exc:
+            answer = await self._get_following(url, headers, runtime.from_trust, limit)
+        except AnswerTooLarge:
+            raise ScrapeError(f"/federate answer is larger than --limit-bytes={limit}") from None
+        except _NETWORK_ERRORS as exc:
             raise ScrapeError(f"cannot read {_redact(url)}: {_describe(exc)}") from None
+        self._metrics.count_http("federate_from", answer.status)
+        if answer.status != 200:
+            raise ScrapeError(
+                f"Prometheus answered {answer.status}: {_detail(answer)}", status=answer.status
+            )
         try:
-            return decode_federate(body, content_type, max_families=limit)
+            return decode_federate(
+                _decoded(answer, limit), answer.headers.get("content-type", ""), max_families=limit
+            )
+        except AnswerTooLarge:
+            raise ScrapeError(f"/federate answer is larger than --limit-bytes={limit}") from None
         except InvalidPayload as exc:
             raise ScrapeError(f"cannot decode /federate answer: {exc}") from None
 
-    async def authorize(self, client: httpx.AsyncClient, runtime: Runtime) -> UploadToken:
+    async def _get_following(
+        self, url: str, headers: dict[str, str], trust: Trust, limit: int
+    ) -> Answer:
+        """GET, following up to 10 redirects as Go's http.Client does; the Authorization header
+        goes to the same host only."""
+        host = urlsplit(url).netloc
+        for _ in range(_MAX_REDIRECTS):
+            answer = await self._fetch("GET", url, headers, b"", trust, limit=limit)
+            location = answer.headers.get("location")
+            if answer.status not in (301, 302, 303, 307, 308) or not location:
+                return answer
+            url = urljoin(url, location)
+            if urlsplit(url).netloc != host:
+                headers = {k: v for k, v in headers.items() if k != "Authorization"}
+        raise HTTPError(f"stopped after {_MAX_REDIRECTS} redirects")
+
+    async def authorize(self, runtime: Runtime) -> UploadToken:
         """The cached upload token, or a new one from ``POST <to-auth>`` (empty body)."""
         cached = self._tokens.get(runtime.to_token)
         if cached is not None:
             return cached
         headers = {"Authorization": f"Bearer {runtime.to_token}"}
         try:
-            async with asyncio.timeout(self._timeout):
-                async with client.stream(
-                    "POST", self._settings.authorize_url, headers=headers, content=b""
-                ) as response:
-                    self._metrics.count_http("federate_authorize", response.status_code)
-                    status = response.status_code
-                    body = await _read_limited(response, MAX_RESPONSE_BYTES)
-                    retry_after = response.headers.get("retry-after")
-        except (httpx.HTTPError, TimeoutError) as exc:
+            answer = await self._fetch(
+                "POST", self._settings.authorize_url, headers, b"", runtime.to_trust
+            )
+        except _NETWORK_ERRORS as exc:
             raise AuthorizeError(f"token exchange failed: {_describe(exc)}") from None
+        self._metrics.count_http("federate_authorize", answer.status)
+        status = answer.status
         if status not in (200, 201):
             reason = (
-                "the long-lived token is expired or invalid"
-                if status == 401
-                else _text((body or b"")[:_ERROR_BODY_BYTES])
+                "the long-lived token is expired or invalid" if status == 401 else _detail(answer)
             )
             raise AuthorizeError(
                 f"token exchange answered {status}: {reason}",
                 status=status,
-                retry_after=_retry_after(status, retry_after),
+                retry_after=_retry_after(status, answer.headers.get("retry-after")),
             )
-        if body is None:
-            raise AuthorizeError(f"token exchange answer is larger than {MAX_RESPONSE_BYTES} bytes")
+        try:
+            body = _decoded(answer, MAX_RESPONSE_BYTES)
+        except AnswerTooLarge:
+            raise AuthorizeError(
+                f"token exchange answer is larger than {MAX_RESPONSE_BYTES} bytes"
+            ) from None
         token = parse_token_response(body, now=self._tokens.now())
         self._tokens.put(runtime.to_token, token)
         logger.info("upload token obtained labels=%s", ",".join(sorted(token.labels)))
         return token
 
-    async def upload(
-        self,
-        client: httpx.AsyncClient,
-        token: UploadToken,
-        families: list[metrics_pb2.MetricFamily],
-    ) -> None:
-        """POST the families, delimited protobuf in a snappy framed stream."""
-        body = encode_framed(write_families(families))
+    async def upload(self, runtime: Runtime, token: UploadToken, delimited: bytes) -> None:
+        """POST the delimited MetricFamily messages in a snappy framed stream, chunked."""
         headers = {
             "Authorization": f"Bearer {token.value}",
             "Content-Type": DELIMITED_CONTENT_TYPE,
             "Content-Encoding": "snappy",
         }
         try:
-            async with asyncio.timeout(self._timeout):
-                async with client.stream(
-                    "POST", self._settings.upload_url, headers=headers, content=_chunked(body)
-                ) as response:
-                    self._metrics.count_http("federate_to", response.status_code)
-                    status = response.status_code
-                    detail = await _read_detail(response)
-                    retry_after = response.headers.get("retry-after")
-        except (httpx.HTTPError, TimeoutError) as exc:
+            answer = await self._fetch(
+                "POST",
+                self._settings.upload_url,
+                headers,
+                encode_framed(delimited),
+                runtime.to_trust,
+                chunked=True,
+            )
+        except _NETWORK_ERRORS as exc:
             raise UploadError(f"upload failed: {_describe(exc)}") from None
+        self._metrics.count_http("federate_to", answer.status)
+        status = answer.status
         if 200 <= status < 300:
             return
         if status == 401:
             # The server no longer takes this token: the next attempt exchanges a new one.
             self._tokens.invalidate(token.value)
         raise UploadError(
-            f"upload answered {status}: {detail}",
+            f"upload answered {status}: {_detail(answer)}",
             status=status,
-            retry_after=_retry_after(status, retry_after),
+            retry_after=_retry_after(status, answer.headers.get("retry-after")),
             # The server refused this data: resending it cannot help (docs/architecture.md, D9).
             payload_rejected=status in (400, 413),
         )
 
-    def _client(self, *, verify: ssl.SSLContext | bool, follow_redirects: bool) -> _ClientContext:
-        return _ClientContext(
-            self._transport, verify=verify, timeout=self._timeout, follow_redirects=follow_redirects
-        )
-
-
-class _ClientContext:
-    """An httpx client for one cycle, with our default headers; an injected transport stays open.
-
-    A fresh client per cycle is cheap once its TLS context is built: the contexts live in the
-    `Runtime`, rebuilt on reload (which so picks up a renewed CA bundle).
-    """
-
-    def __init__(
+    async def _fetch(
         self,
-        transport: httpx.AsyncBaseTransport | None,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        trust: Trust,
         *,
-        verify: ssl.SSLContext | bool,
-        timeout: float,
-        follow_redirects: bool,
-    ) -> None:
-        self._owned = transport is None
-        self._client = httpx.AsyncClient(
-            transport=transport, verify=verify, timeout=timeout, follow_redirects=follow_redirects
-        )
-        headers = self._client.headers
-        del headers["Accept"]  # Go sends no Accept except on the scrape
+        chunked: bool = False,
+        limit: int = _MAX_ANSWER_BYTES,
+    ) -> Answer:
+        """One request with the Go client's headers, within the cycle's timeout."""
+        headers = {"User-Agent": USER_AGENT, **headers}
         headers["Accept-Encoding"] = "gzip"
         headers["Connection"] = "close"
-        headers["User-Agent"] = USER_AGENT
-
-    async def __aenter__(self) -> httpx.AsyncClient:
-        return self._client
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._owned:
-            await self._client.aclose()
+        context = trust.context() if url.startswith("https:") else None
+        async with asyncio.timeout(self._timeout):
+            return await fetch(
+                method, url, headers, body, ssl_context=context, chunked=chunked, limit=limit
+            )
 
 
-def decode_federate(
-    body: bytes, content_type: str, *, max_families: int
-) -> list[metrics_pb2.MetricFamily]:
-    """Decode a ``/federate`` answer by its Content-Type: delimited protobuf, else text 0.0.4.
+def decode_federate(body: bytes, content_type: str, *, max_families: int) -> bytes:
+    """A ``/federate`` answer as delimited MetricFamily messages, by its Content-Type: delimited
+    protobuf as it came (decoded with the transforms), else text 0.0.4, parsed and written.
 
-    Raises InvalidPayload when the body does not decode (or is protobuf in another encoding).
+    Raises InvalidPayload when a text body does not parse or protobuf is in another encoding.
     """
     media, params = _media_type(content_type)
     if media == "application/vnd.google.protobuf":
@@ -328,9 +321,20 @@ def decode_federate(
             or params.get("encoding") != "delimited"
         ):
             raise InvalidPayload(f"unsupported protobuf answer {content_type!r}")
-        return read_families(body, max_families=max_families)
-    # Go's expfmt falls back to the text format for any other (or missing) type.
-    return parse_text(body)
+        # The framing is checked here, before a token is exchanged for it; the messages are
+        # decoded with the transforms.
+        count = frames(body)
+        if count < 0:
+            raise InvalidPayload("delimited: a message length runs past the end of the answer")
+        if count > max_families:
+            raise TooLarge(f"delimited: more than {max_families} metric families")
+        return body
+    # Go's expfmt falls back to the text format for any other (or missing) type. Prometheus
+    # answers protobuf when asked: protobuf and the text parser are imported only here.
+    from telemeter.delimited import write_families
+    from telemeter.textparse import parse_text
+
+    return write_families(parse_text(body))
 
 
 def _media_type(value: str) -> tuple[str, dict[str, str]]:
@@ -342,28 +346,29 @@ def _media_type(value: str) -> tuple[str, dict[str, str]]:
     return media.strip().lower(), params
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes | None:
-    """The decoded body, or None as soon as it grows past ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _decoded(answer: Answer, limit: int) -> bytes:
+    """The answer's body, gunzipped if it came so; AnswerTooLarge past ``limit`` bytes."""
+    if answer.headers.get("content-encoding", "").lower() != "gzip":
+        if len(answer.body) > limit:
+            raise AnswerTooLarge(f"answer longer than {limit} bytes")
+        return answer.body
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        body = inflate.decompress(answer.body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidPayload(f"gzip: {exc}") from None
+    if len(body) > limit:
+        raise AnswerTooLarge(f"answer longer than {limit} bytes")
+    return body
 
 
-async def _read_detail(response: httpx.Response) -> str:
+def _detail(answer: Answer) -> str:
     """The start of an error answer, for the log (Go keeps 1 KiB)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= _ERROR_BODY_BYTES:
-            break
-    return _text(b"".join(chunks)[:_ERROR_BODY_BYTES])
+    try:
+        body = _decoded(answer, _ERROR_BODY_BYTES)
+    except (AnswerTooLarge, InvalidPayload):
+        body = answer.body
+    return _text(body[:_ERROR_BODY_BYTES])
 
 
 def _retry_after(status: int, header: str | None) -> float | None:
@@ -377,15 +382,10 @@ def _text(body: bytes) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
 
 
 def _redact(url: str) -> str:
     return url.split("?", 1)[0]
-
-
-async def _chunked(body: bytes) -> AsyncIterator[bytes]:
-    """The body as an async iterator, so httpx sends it chunked like the Go client."""
-    yield body

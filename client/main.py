@@ -12,8 +12,6 @@ import logging
 import signal
 from collections.abc import Sequence
 
-import httpx
-
 from client.app import Listener
 from client.errors import ConfigError
 from client.forwarder import Forwarder
@@ -42,23 +40,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             level=logging.DEBUG if settings.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
-        # httpx logs every request at INFO; our own cycle log says what matters.
-        logging.getLogger("httpx").setLevel(logging.DEBUG if settings.verbose else logging.WARNING)
         runtime = load_runtime(settings)
     except ConfigError as exc:
         parser.error(str(exc))
     asyncio.run(run(settings, runtime))
 
 
-async def run(
-    settings: ClientSettings,
-    runtime: Runtime,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> None:
+async def run(settings: ClientSettings, runtime: Runtime) -> None:
     """Run the push loop and the local listener until SIGTERM/SIGINT (or cancellation)."""
     metrics = ClientMetrics()
-    worker = Worker(settings, Forwarder(settings, runtime, metrics=metrics, transport=transport))
+    worker = Worker(settings, Forwarder(settings, runtime, metrics=metrics))
     logger.info("starting telemeter-client %s", describe(settings))
     if not settings.anonymize_labels:
         logger.warning("not anonymizing any labels")

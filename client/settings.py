@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx
-
 from client.errors import ConfigError
 from telemeter.addresses import parse_listen_address
 from telemeter.durations import format_duration, parse_duration
@@ -91,15 +89,39 @@ class ClientSettings:
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """What a reload refreshes: tokens, salt and rules (literal flags or file contents), and the
-    TLS contexts (built once here: a context loads the whole CA bundle, ~30 ms of CPU, which
-    per push would be most of the client's work)."""
+    trust of each side (TLS contexts built once per reload: a context loads the whole CA bundle,
+    ~30 ms of CPU, which per push would be most of the client's work)."""
 
     rules: tuple[str, ...]
-    from_verify: ssl.SSLContext | bool = True
-    to_verify: ssl.SSLContext | bool = True
+    from_trust: Trust = field(default_factory=lambda: Trust())
+    to_trust: Trust = field(default_factory=lambda: Trust())
     from_token: str = field(default="", repr=False)
     to_token: str = field(default="", repr=False)
     salt: str = field(default="", repr=False)
+
+
+class Trust:
+    """The TLS context of one side: the system's trust store (as Go; OpenSSL honours
+    SSL_CERT_FILE and SSL_CERT_DIR) plus an optional CA file, built on first use. A side
+    reached over plain HTTP never builds one: the store is ~2 MiB of the client's memory."""
+
+    def __init__(self, ca_file: Path | None = None) -> None:
+        self.ca_file = ca_file
+        self._context: ssl.SSLContext | None = None
+        if ca_file is not None:
+            self.context()  # a bad file is a configuration error now, not at the first push
+
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            context = ssl.create_default_context()
+            if self.ca_file is not None:
+                # Go adds the file to the system roots rather than replacing them.
+                try:
+                    context.load_verify_locations(cafile=str(self.ca_file))
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(f"cannot read --from-ca-file {self.ca_file}: {exc}") from None
+            self._context = context
+        return self._context
 
 
 def option(
@@ -285,22 +307,11 @@ def load_runtime(settings: ClientSettings) -> Runtime:
         except InvalidSelector as exc:
             # Prometheus is the judge of its own selector syntax (ours lacks RE2-only forms).
             logger.warning("match rule may be invalid rule=%r reason=%s", rule, exc)
-    # The trust store httpx would use for verify=True (SSL_CERT_FILE / SSL_CERT_DIR, else certifi).
-    to_verify = httpx.create_ssl_context()
-    verify: ssl.SSLContext = to_verify
-    if settings.from_ca_file is not None:
-        # Go adds the file to the system roots rather than replacing them.
-        verify = ssl.create_default_context()
-        try:
-            verify.load_verify_locations(cafile=str(settings.from_ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot read --from-ca-file {settings.from_ca_file}: {exc}"
-            ) from None
+    to_trust = Trust()
     return Runtime(
         rules=tuple(rules),
-        from_verify=verify,
-        to_verify=to_verify,
+        from_trust=Trust(settings.from_ca_file) if settings.from_ca_file else to_trust,
+        to_trust=to_trust,
         from_token=from_token,
         to_token=to_token,
         salt=salt,

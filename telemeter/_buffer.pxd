@@ -112,6 +112,7 @@ cdef extern from *:
     """
     int tm_format_double(double v, char *out) except -1
     int tm_scan_value(const unsigned char *s, Py_ssize_t n)
+    int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
     Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n)
     double fabs(double)
     int isnan(double)

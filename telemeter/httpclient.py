@@ -1,9 +1,9 @@
 """A minimal HTTP/1.1 client over asyncio streams, with keep-alive: one connection, one request
 at a time.
 
-The server's remote-write forwarding and the benchmark's simulated clusters send many small
-POSTs to one endpoint; a general client (httpx) costs about a millisecond of CPU per request in
-its own machinery, several times the work of the request itself (docs/benchmarks.md, "Remote
+The server's remote-write forwarding, the benchmark's simulated clusters and the client's push
+cycle send small requests; a general client (httpx) costs about a millisecond of CPU per request
+in its own machinery, several times the work of the request itself (docs/benchmarks.md, "Remote
 write"). This one writes the request in one ``write`` and reads the answer with two stream reads.
 """
 
@@ -21,6 +21,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 class HTTPError(Exception):
     """The server's answer could not be read as HTTP."""
+
+
+class AnswerTooLarge(HTTPError):
+    """The answer's body is longer than the caller's limit."""
 
 
 @dataclass(frozen=True)
@@ -65,21 +69,32 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def request(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        chunked: bool = False,
+        limit: int = MAX_BODY_BYTES,
     ) -> Answer:
-        """Send one request and read the whole answer; one retry if a reused socket was dead."""
+        """Send one request and read the whole answer; one retry if a reused socket was dead.
+
+        ``chunked`` sends the body with ``Transfer-Encoding: chunked`` (one chunk) instead of a
+        ``Content-Length``; an answer body over ``limit`` bytes raises AnswerTooLarge.
+        """
         reused = self._writer is not None and not self._reader_done()
         if not reused:
             await self._open()
         try:
-            return await self._exchange(method, path, headers, body)
+            return await self._exchange(method, path, headers, body, chunked, limit)
         except (ConnectionError, asyncio.IncompleteReadError):
             self.close()
             if not reused:
                 raise
         # A keep-alive connection the server had already closed: one fresh try, as browsers do.
         await self._open()
-        return await self._exchange(method, path, headers, body)
+        return await self._exchange(method, path, headers, body, chunked, limit)
 
     def _reader_done(self) -> bool:
         return self._reader is None or self._reader.at_eof()
@@ -93,12 +108,22 @@ class Connection:
         )
 
     async def _exchange(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        chunked: bool,
+        limit: int,
     ) -> Answer:
         assert self._reader is not None and self._writer is not None
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.endpoint.host_header}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
-        lines.append(f"Content-Length: {len(body)}")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+            body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        elif body or method not in ("GET", "HEAD"):  # no length on a bodiless GET, as Go
+            lines.append(f"Content-Length: {len(body)}")
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await self._writer.drain()
         try:
@@ -115,22 +140,27 @@ class Connection:
             if sep:
                 fields[name.strip().lower()] = value.strip()
         status = int(rest[:3])
-        answer = await self._read_body(status, fields)
+        answer = await self._read_body(status, fields, limit)
         if fields.get("connection", "").lower() == "close" or version == "HTTP/1.0":
             self.close()
         return Answer(status, answer, fields)
 
-    async def _read_body(self, status: int, fields: Mapping[str, str]) -> bytes:
+    async def _read_body(self, status: int, fields: Mapping[str, str], limit: int) -> bytes:
         assert self._reader is not None
         if status in (204, 304) or status < 200:
             return b""  # RFC 9112 6.3: no body, whatever the headers say
         if fields.get("transfer-encoding", "").lower() == "chunked":
             parts: list[bytes] = []
+            total = 0
             while True:
                 size_line = await self._reader.readuntil(b"\r\n")
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
-                if size > MAX_BODY_BYTES:
-                    raise HTTPError("answer chunk too large")
+                try:
+                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                except ValueError:
+                    raise HTTPError(f"bad chunk size {size_line[:20]!r}") from None
+                total += size
+                if total > limit:
+                    raise AnswerTooLarge(f"answer longer than {limit} bytes")
                 if size == 0:
                     while (await self._reader.readuntil(b"\r\n")) != b"\r\n":
                         pass  # trailer fields
@@ -139,15 +169,44 @@ class Connection:
                 await self._reader.readexactly(2)
         length = fields.get("content-length")
         if length is not None:
-            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            if not length.isdigit():
                 raise HTTPError(f"bad Content-Length {length[:20]!r}")
+            if int(length) > limit:
+                raise AnswerTooLarge(f"answer longer than {limit} bytes")
             return await self._reader.readexactly(int(length))
-        data = await self._reader.read(MAX_BODY_BYTES)  # no length: the body ends with the socket
+        parts = []  # no length: the body ends with the socket
+        total = 0
+        while chunk := await self._reader.read(65536):
+            total += len(chunk)
+            if total > limit:
+                raise AnswerTooLarge(f"answer longer than {limit} bytes")
+            parts.append(chunk)
         self.close()
-        return data
+        return b"".join(parts)
 
     def close(self) -> None:
         """Close the socket (a later request opens a new one)."""
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
+
+
+async def fetch(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes = b"",
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    chunked: bool = False,
+    limit: int = MAX_BODY_BYTES,
+) -> Answer:
+    """One request on a connection of its own, closed after the answer."""
+    endpoint = Endpoint.parse(url)
+    connection = Connection(endpoint, ssl_context)
+    try:
+        return await connection.request(
+            method, endpoint.path, headers, body, chunked=chunked, limit=limit
+        )
+    finally:
+        connection.close()

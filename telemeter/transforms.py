@@ -3,7 +3,13 @@
 Order, as in the Go telemeter-client: ``--label`` pairs -> ``--rename`` of families -> drop invalid
 samples -> drop empty families -> sort each family by timestamp -> anonymize label values ->
 token labels (those the server's ``/authorize`` answer asked for). The input is never mutated.
+
+Nothing here imports protobuf at module level: the client imports this module for its flag
+parsers and runs the compiled pass (`telemeter.clientpass`); protobuf is loaded when the
+reference runs (docs/architecture.md, "The client's footprint").
 """
+
+from __future__ import annotations
 
 import base64
 import hashlib
@@ -11,9 +17,12 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from telemeter import metrics_pb2
-from telemeter.exposition import VALUE_FIELD
+from telemeter.errors import InvalidPayload
+
+if TYPE_CHECKING:
+    from telemeter import metrics_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +69,18 @@ def transform_families(
     invalid metric or label name (or one over 255 characters, or a value over 255 characters), or
     carries a value field other than the one its family type calls for.
     """
+    from telemeter import metrics_pb2
+    from telemeter.exposition import VALUE_FIELD
+
     min_ms = now_ms - max_age_ms
     hashed = frozenset(anonymize_labels)
     # Added labels are part of every sample: if one is invalid, every sample is.
-    added_ok = all(_label_ok(name, value) for name, value in labels.items())
+    added_ok = all(label_ok(name, value) for name, value in labels.items())
     out: list[metrics_pb2.MetricFamily] = []
     dropped = 0
     for source in families:
-        name = renames.get(source.name, source.name)
+        name = _text(source.name)
+        name = renames.get(name, name)
         if added_ok and _name_ok(name, _METRIC_NAME):
             expected = VALUE_FIELD.get(source.type)
             valid = [
@@ -82,7 +95,7 @@ def transform_families(
             continue
         # Stable, so samples with equal timestamps keep the order Prometheus gave them.
         valid.sort(key=lambda m: m.timestamp_ms)
-        family = metrics_pb2.MetricFamily(name=name, help=source.help, type=source.type)
+        family = metrics_pb2.MetricFamily(name=name, help=_text(source.help), type=source.type)
         for metric in valid:
             copy = family.metric.add()
             copy.CopyFrom(metric)
@@ -127,11 +140,18 @@ def _parse_pairs(
     return pairs
 
 
+def _text(value: str | bytes) -> str:
+    """A string field as upb gives it: bytes when it is not valid UTF-8."""
+    if isinstance(value, bytes):
+        raise InvalidPayload(f"{value[:64]!r} is not valid UTF-8")
+    return value
+
+
 def _name_ok(name: str, pattern: re.Pattern[str]) -> bool:
     return len(name) <= _MAX_NAME_OR_VALUE and pattern.fullmatch(name) is not None
 
 
-def _label_ok(name: str, value: str) -> bool:
+def label_ok(name: str, value: str) -> bool:
     return _name_ok(name, _LABEL_NAME) and len(value) <= _MAX_NAME_OR_VALUE
 
 
@@ -143,7 +163,8 @@ def _sample_ok(
         return False
     # Labels about to be overwritten by --label are judged by their new (checked) values.
     if not all(
-        pair.name in overridden or _label_ok(pair.name, pair.value) for pair in metric.label
+        _text(pair.name) in overridden or label_ok(pair.name, _text(pair.value))
+        for pair in metric.label
     ):
         return False
     present = [f for f in _VALUE_FIELDS if metric.HasField(f)]

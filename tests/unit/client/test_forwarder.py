@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from pathlib import Path
 
@@ -147,12 +148,12 @@ def test_transforms_in_go_order_and_token_labels_last(
     ]
     assert result.scraped_samples == 4 and result.sent_samples == 3 and result.uploaded
     assert forwarder.last_families == families
-    assert metrics.registry.get_sample_value("federate_samples") == 4
-    assert metrics.registry.get_sample_value("federate_filtered_samples") == 1
-    assert metrics.registry.get_sample_value("federate_requests_total") == 1
-    assert metrics.registry.get_sample_value("federate_requests_failed_total") == 0
+    assert metrics.get_sample_value("federate_samples") == 4
+    assert metrics.get_sample_value("federate_filtered_samples") == 1
+    assert metrics.get_sample_value("federate_requests_total") == 1
+    assert metrics.get_sample_value("federate_requests_failed_total") == 0
     for client in ("federate_from", "federate_authorize", "federate_to"):
-        value = metrics.registry.get_sample_value(
+        value = metrics.get_sample_value(
             "metricsclient_http_requests_total", {"client": client, "status_code": "200"}
         )
         assert value == 1
@@ -265,8 +266,8 @@ def test_upload_errors_tell_the_loop_what_to_do(
         retry_after,
     )
     assert len(str(error)) < 1200  # the answer is cut, as Go cuts it at 1 KiB
-    assert metrics.registry.get_sample_value("federate_requests_failed_total") == 1
-    count = metrics.registry.get_sample_value(
+    assert metrics.get_sample_value("federate_requests_failed_total") == 1
+    count = metrics.get_sample_value(
         "metricsclient_http_requests_total", {"client": "federate_to", "status_code": str(status)}
     )
     assert count == 1
@@ -323,3 +324,40 @@ def test_authorize_failures(server: Recorder, make_settings: SettingsFactory) ->
         _forward(make_settings())
     assert limited.value.retry_after == 300.0
     assert server.requests("/upload") == []
+
+
+def test_scrape_follows_redirects_and_reads_gzip(
+    server: Recorder, make_settings: SettingsFactory
+) -> None:
+    text = _federate_text(now_ms=_now_ms()).encode()
+    server.script("/federate", Reply(302, b"", {"Location": "/moved/federate?x=1"}))
+    gzipped = {"Content-Type": "text/plain", "Content-Encoding": "gzip"}
+    server.script("/moved/federate", Reply(200, gzip.compress(text), gzipped))
+    server.script("/authorize", token_reply())
+    server.script("/upload", Reply(200))
+    _, result = _forward(make_settings("--from-token", "prom-secret"))
+    assert result.uploaded and result.sent_samples == 3
+    (moved,) = server.requests("/moved/federate")
+    # Same host: the token goes along, as Go's http.Client sends it.
+    assert moved.header("Authorization") == "Bearer prom-secret"
+
+
+def test_a_gzip_answer_is_capped_once_inflated(
+    server: Recorder, make_settings: SettingsFactory
+) -> None:
+    text = _federate_text(now_ms=_now_ms()).encode() * 50
+    gzipped = {"Content-Type": "text/plain", "Content-Encoding": "gzip"}
+    server.script("/federate", Reply(200, gzip.compress(text), gzipped))
+    assert len(gzip.compress(text)) < len(text) // 10
+    with pytest.raises(ScrapeError, match="larger than --limit-bytes"):
+        _forward(make_settings("--limit-bytes", str(len(text) // 2)))
+    assert server.requests("/authorize") == []
+
+
+def test_a_redirect_loop_is_a_scrape_error(
+    server: Recorder, make_settings: SettingsFactory
+) -> None:
+    server.script("/federate", Reply(302, b"", {"Location": "/federate"}))
+    with pytest.raises(ScrapeError, match="redirects"):
+        _forward(make_settings())
+    assert len(server.requests("/federate")) == 10

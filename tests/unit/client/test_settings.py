@@ -242,8 +242,23 @@ def test_the_flags_model_takes_the_given_flags_converted_and_defaults_the_others
         flags_from_args(build_parser().parse_args(["--limit-bytes", "many"]))
 
 
-def test_the_client_does_not_import_pydantic() -> None:
-    # The client process stays light: its settings are a dataclass model, not pydantic's.
-    code = "import sys, client.main; print(sorted(m for m in sys.modules if 'pydantic' in m))"
+# What the client process must not load at start-up: each is megabytes of its RSS, multiplied by
+# the fleet (docs/architecture.md, "The client's footprint").
+HEAVY = ("pydantic", "prometheus_client", "httpx", "google.protobuf", "importlib.metadata", "email")
+
+
+def test_the_client_starts_without_heavy_imports() -> None:
+    code = (
+        "import sys, client.main; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {HEAVY!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_version_is_the_package_version() -> None:
+    from importlib import metadata
+
+    import telemeter
+
+    assert metadata.version("telemeter") == telemeter.__version__

@@ -8,7 +8,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemeter import metrics_pb2
+from telemeter.clientpass import ClientPass
+from telemeter.delimited import write_families
 from telemeter.transforms import (
+    DAY_MS,
     DEFAULT_RENAMES,
     anonymize,
     parse_label_pairs,
@@ -57,7 +60,39 @@ def _run(
         token_labels=token_labels or {},
         now_ms=NOW_MS,
     )
+    # The compiled pass takes every case here (built by upb, so canonical): same body.
+    fast = _compiled(
+        write_families(families),
+        labels=labels or {},
+        renames=renames or {},
+        anonymize_labels=anonymize_labels,
+        token_labels=token_labels or {},
+        now_ms=NOW_MS,
+        max_age_ms=DAY_MS,
+    )
+    assert fast == write_families(result.families)
     return result.families, result.dropped
+
+
+def _compiled(
+    data: bytes,
+    *,
+    labels: dict[str, str],
+    renames: dict[str, str],
+    anonymize_labels: tuple[str, ...] | list[str],
+    token_labels: dict[str, str],
+    now_ms: int,
+    max_age_ms: int,
+) -> bytes:
+    """The body of the compiled pass, which must cover ``data``."""
+    transforms = ClientPass(
+        labels=labels, renames=renames, anonymize_labels=anonymize_labels, salt="s1"
+    )
+    out = transforms.compiled(
+        data, token_labels=token_labels, now_ms=now_ms, max_families=10**6, max_age_ms=max_age_ms
+    )
+    assert out is not None, "the compiled pass fell back to the reference"
+    return out.body
 
 
 def _labels(metric: metrics_pb2.Metric) -> list[tuple[str, str]]:
@@ -364,6 +399,16 @@ def test_transform_reproduces_recorded_go_upload() -> None:
         now_ms=newest,
         max_age_ms=newest,
     )
+    fast = _compiled(
+        write_families(source),
+        labels={},
+        renames=dict(DEFAULT_RENAMES),
+        anonymize_labels=["instance"],
+        token_labels={"_id": "test"},
+        now_ms=newest,
+        max_age_ms=newest,
+    )
+    assert fast == write_families(result.families)
     recorded = _recorded_upload()
     # The 6 node_uname_info samples carry no timestamp: the Go client dropped them too.
     assert result.dropped == 6

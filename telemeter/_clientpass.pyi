@@ -1,0 +1,22 @@
+# Type stub of the client's compiled pass (_clientpass.pyx).
+from collections.abc import Mapping, Sequence
+
+class Transforms:
+    def __init__(
+        self,
+        renames: Mapping[str, str],
+        labels: Mapping[str, str],
+        anonymize_labels: Sequence[str],
+        salt: str,
+        labels_ok: bool,
+    ) -> None: ...
+    def run(
+        self,
+        data: bytes,
+        token_labels: Mapping[str, str],
+        now_ms: int,
+        max_age_ms: int,
+        max_families: int,
+    ) -> tuple[bytes, int, int, int] | None: ...
+
+def frames(data: bytes) -> int: ...
