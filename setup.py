@@ -34,9 +34,10 @@ setup(
     ext_modules=cythonize(
         [
             # The growable buffer and the text writers, shared through _buffer.pxd; the upload
-            # pass; the client's pass; stored snapshots (layout in _snapshot.pxd), their merge.
+            # pass; the client's pass and snappy encoder; stored snapshots (layout in
+            # _snapshot.pxd), their merge.
             Extension(f"telemeter.{name}", [f"telemeter/{name}.pyx"], extra_compile_args=["-O3"])
-            for name in ("_buffer", "_fastpass", "_clientpass")
+            for name in ("_buffer", "_fastpass", "_clientpass", "_framed")
         ]
         + [
             Extension(

@@ -35,10 +35,10 @@ from client.tokens import (
 )
 from telemeter import __version__
 from telemeter._clientpass import frames
+from telemeter._framed import encode_framed
 from telemeter.clientpass import ClientPass
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.httpclient import Answer, AnswerTooLarge, HTTPError, fetch
-from telemeter.snappy import encode_framed
 
 if TYPE_CHECKING:
     from telemeter import metrics_pb2
