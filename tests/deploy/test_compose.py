@@ -190,7 +190,7 @@ def test_server_command_lines_parse_and_agree_with_the_rest_of_the_file(
         assert _host_path(compose, service, str(s.shared_key)).name == "signing-key.pem"
         assert s.verify_key == [], "no verify key unless TELEMETER_VERIFY_KEYS is set"
         assert s.redis_secret() == TEST_ENV["REDIS_PASSWORD"]
-        nodes, _ = parse_redis_url(s.redis_url)
+        nodes = parse_redis_url(s.redis_url).nodes
         for host, port in nodes:
             assert host in redis_nodes and f"{port}" in redis_nodes[host]["command"], host
         authorize = urlsplit(s.authorize or "")

@@ -51,6 +51,9 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--oidc-issuer", "http://issuer"],
         ["--ring-heartbeat", "10s", "--ring-lease", "5s"],
         ["--limit-bytes", "0"],
+        ["--redis-url", "rediss://h:1", "--redis-client-crt", "c.pem"],
+        ["--redis-url", "redis://h:1", "--redis-ca-file", "ca.pem"],
+        ["--redis-url", "redis://user:pw@h:1"],
     ],
 )
 def test_inconsistent_flags_are_refused(
@@ -61,7 +64,8 @@ def test_inconsistent_flags_are_refused(
     assert "error" in capsys.readouterr().err
 
 
-# The flags of the hand-written parser the generated one replaced: the Go server's names.
+# The flags of the hand-written parser the generated one replaced (the Go server's names), plus
+# the Redis TLS and ACL user flags added since (docs/operations.md).
 FORMER_FLAGS = {
     "--listen", "--listen-internal", "--name", "--shared-key", "--verify-key",
     "--token-expire-seconds",
@@ -78,8 +82,20 @@ FORMER_FLAGS = {
     "--tenant-header",
     "--oidc-issuer", "--oidc-audience", "--client-id", "--client-secret", "--client-secret-file",
     "--redis-url", "--redis-password-file", "--redis-timeout", "--ring-heartbeat", "--ring-lease",
+    "--redis-username", "--redis-ca-file", "--redis-client-crt", "--redis-client-key",
     "--ring-namespace", "-v", "--verbose",
 }  # fmt: skip
+
+
+def test_redis_tls_and_acl_flags() -> None:
+    s = parse_settings(
+        [
+            "--redis-url", "rediss://10.0.0.1:7000", "--redis-username", "telemeter",
+            "--redis-ca-file", "ca.pem", "--redis-client-crt", "c.pem", "--redis-client-key", "k",
+        ]
+    )  # fmt: skip
+    assert (s.redis_username, s.redis_ca_file) == ("telemeter", Path("ca.pem"))
+    assert (s.redis_client_crt, s.redis_client_key) == (Path("c.pem"), Path("k"))
 
 
 def test_the_flags_are_exactly_the_former_ones() -> None:
