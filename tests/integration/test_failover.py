@@ -24,6 +24,7 @@ from redis.crc import key_slot
 from app import keys
 from dev.launch import ServerHandle
 from dev.redis_cluster import LocalRedisCluster
+from dev.redis_security import RedisSecurity
 from tests.conftest import require_redis_server
 from tests.integration.test_faults import crashed, federate_union, seq_body, seqs_in, servers_on
 from tests.support import UPLOAD_HEADERS, authorize, wait_for
@@ -87,18 +88,30 @@ def _recovered(pushes: Pushes, since: float) -> str | None:
     return f"not yet pushing again: {behind}" if behind else None
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls-acl"])
 def test_a_primary_killed_under_the_default_full_coverage(
-    signing_key: Path, tmp_path: Path
+    signing_key: Path, tmp_path: Path, secure: bool
 ) -> None:
+    # With TLS and the ACL user (docs/operations.md, "Redis over TLS and with an ACL user"), the
+    # new slot map and the promoted primary are reached over TLS too.
+    security = (
+        RedisSecurity.create(tmp_path / "tls", admin_password="admin", server_password="server")
+        if secure
+        else None
+    )
     cluster = LocalRedisCluster(
         base_dir=tmp_path / "redis",
         redis_server=require_redis_server(),
         node_timeout_ms=NODE_TIMEOUT_MS,
         require_full_coverage=True,  # Redis's default
+        security=security,
     )
     cluster.start()
+    extra = tuple(security.server_args(tmp_path / "redis-password")) if security else ()
     try:
-        with servers_on(cluster.url, tmp_path, signing_key, ["coverage"]) as (server,):
+        with servers_on(cluster.url, tmp_path, signing_key, ["coverage"], extra_args=extra) as (
+            server,
+        ):
             ids = [f"cover-{i}" for i in range(6)]
             jwts = {cid: authorize(server, cid) for cid in ids}
             pushes = Pushes(acked={cid: [] for cid in ids})
