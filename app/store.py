@@ -125,6 +125,7 @@ class Store:
                 except REDIS_ERRORS as exc:
                     await _close_quietly(client)
                     hint = mismatch_hint(exc, tls=self._tls is not None)
+                    log.warning("redis cluster unreachable error=%s%s", exc, hint)
                     raise StoreUnavailable(f"redis cluster unreachable: {exc}{hint}") from exc
                 self._client = client
             return self._client

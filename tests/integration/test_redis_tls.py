@@ -32,7 +32,7 @@ from dev.launch import ServerHandle, start_authorization_server, start_server
 from dev.redis_cluster import LocalRedisCluster
 from dev.redis_security import SERVER_ACL, SERVER_USER, RedisSecurity
 from telemeter import remotewrite
-from tests.conftest import require_redis_server
+from tests.conftest import RedisClusterHandle, require_redis_server
 from tests.e2e.test_forward import ScriptedReceiver, serve_scripted
 from tests.integration.test_faults import seq_body, seqs_in
 from tests.integration.test_receive import remotewrite_block, write_request
@@ -292,3 +292,25 @@ def test_both_paths_speak_tls_to_every_node_redirections_included(
     assert not [r for r in caplog.records if "retrying via the cluster" in r.getMessage()]
     assert moved_to.name == owner.name and moved_to is not owner
     assert moved_to.connection_class is TLSConnection
+
+
+def test_tls_to_a_plaintext_port_fails_clearly(
+    redis_cluster: RedisClusterHandle, signing_key: Path, tmp_path: Path
+) -> None:
+    tls_url = ",".join(f"rediss://{h}:{p}" for h, p in redis_cluster.startup_nodes)
+    server = start_server(
+        redis_url=tls_url,
+        workdir=tmp_path,
+        name="tls-to-plain",
+        shared_key=signing_key,
+        extra_args=[*RING_ARGS, "--redis-timeout", "1s"],
+    )
+    try:
+        assert httpx.get(f"{server.internal}/healthz/ready", timeout=10).status_code == 503
+        wait_for(
+            lambda: None if "meant to be redis://" in server.process.log_path.read_text() else "",
+            timeout=10,
+            what="the plaintext hint in the log",
+        )
+    finally:
+        server.process.stop()
