@@ -168,7 +168,9 @@ class LocalRedisCluster:
     """A Redis Cluster of ``redis-server`` processes on 127.0.0.1, one data dir per node.
 
     Node ``i < primaries`` starts as a primary owning an even share of the 16384 slots; the
-    remaining nodes are replicas, assigned round-robin to the primaries.
+    remaining nodes are replicas, assigned round-robin to the primaries. With ``security``
+    (`dev.redis_security.RedisSecurity`) every port is TLS only and the nodes have its ACL users;
+    ``require_full_coverage`` sets Redis's ``cluster-require-full-coverage`` (default here: no).
     """
 
     def __init__(
