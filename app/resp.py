@@ -9,6 +9,7 @@ is an error (a redirection, for instance).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -50,14 +51,23 @@ class Connection(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, host: str, port: int, *, password: str | None, timeout_s: float
+        cls,
+        host: str,
+        port: int,
+        *,
+        password: str | None,
+        timeout_s: float,
+        username: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Connection:
-        """Connect (and authenticate) within ``timeout_s``."""
+        """Connect (over TLS with ``tls``) and authenticate (as ``username``, else the default
+        user) within ``timeout_s``."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout_s):
-            _, conn = await loop.create_connection(cls, host, port)
+            _, conn = await loop.create_connection(cls, host, port, ssl=tls)
         if password:
-            reply = await conn.call((b"AUTH", password.encode()), timeout_s=timeout_s)
+            user = (username.encode(),) if username else ()
+            reply = await conn.call((b"AUTH", *user, password.encode()), timeout_s=timeout_s)
             if isinstance(reply, ReplyError):
                 conn.close()
                 raise ConnectionError(f"redis refused AUTH: {reply}")

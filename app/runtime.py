@@ -19,6 +19,7 @@ import httpx
 from app.authorizer import Authorizer, HttpAuthorizer, StubAuthorizer
 from app.forward import Forwarder, ForwardMetrics
 from app.metrics import ServerMetrics
+from app.redis_tls import client_context
 from app.ring import Ring
 from app.settings import ServerSettings
 from app.store import Store
@@ -61,10 +62,18 @@ class Runtime:
             self.issuer.kid,
             ",".join(thumbprint(k) for k in [key, *verify_keys]),
         )
-        nodes, password = parse_redis_url(settings.redis_url)
+        nodes, password, tls = parse_redis_url(settings.redis_url)
         self.store = Store(
             nodes=nodes,
+            username=settings.redis_username,
             password=settings.redis_secret() or password,
+            tls=client_context(
+                ca_file=settings.redis_ca_file,
+                client_crt=settings.redis_client_crt,
+                client_key=settings.redis_client_key,
+            )
+            if tls
+            else None,
             ttl_ms=int(settings.ttl * 1000),
             ratelimit_ms=int(settings.ratelimit * 1000),
             latency=self.metrics.redis,

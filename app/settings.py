@@ -20,7 +20,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from telemeter.durations import parse_duration
+from telemeter.addresses import parse_redis_url
+from telemeter.durations import format_duration, parse_duration
 from telemeter.errors import InvalidSelector
 from telemeter.flags import flag_name, with_default
 from telemeter.selectors import Whitelist
@@ -189,6 +190,16 @@ class ServerSettings(BaseSettings):
     redis_password_file: Path | None = Field(
         default=None, description="file holding the Redis password"
     )
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user (unset: the default user)"
+    )
+    redis_ca_file: Path | None = Field(
+        default=None, description="CA bundle the Redis nodes are checked with (rediss://)"
+    )
+    redis_client_crt: Path | None = Field(
+        default=None, description="client certificate for Redis (rediss://)"
+    )
+    redis_client_key: Path | None = Field(default=None, description="key of --redis-client-crt")
     redis_timeout: float = Field(default=2.0, description="Redis connect and command timeout")
     ring_heartbeat: float = Field(default=2.0, description="ring heartbeat period")
     ring_lease: float = Field(default=10.0, description="ring lease duration")
@@ -229,6 +240,11 @@ class ServerSettings(BaseSettings):
             raise ValueError("--forward-url must be an http:// or https:// URL")
         if (self.forward_client_crt is None) != (self.forward_client_key is None):
             raise ValueError("--forward-client-crt and --forward-client-key must be given together")
+        if (self.redis_client_crt is None) != (self.redis_client_key is None):
+            raise ValueError("--redis-client-crt and --redis-client-key must be given together")
+        tls = parse_redis_url(self.redis_url).tls  # a bad URL is refused here, at start-up
+        if not tls and (self.redis_ca_file or self.redis_client_crt):
+            raise ValueError("--redis-ca-file and --redis-client-crt need a rediss:// --redis-url")
         if self.oidc_issuer and not self.client_id:
             raise ValueError("--oidc-issuer needs --client-id (and a client secret)")
         try:

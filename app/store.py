@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from app import keys, resp
 from app.errors import QueueFull, StoreUnavailable
+from app.redis_tls import mismatch_hint, use_context
 from app.scripts import (
     COUNT_FAILURE,
     COUNT_RECEIVE,
@@ -84,9 +86,13 @@ class Store:
         ratelimit_ms: int,
         latency: Histogram,
         timeout_s: float = 2.0,
+        username: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._nodes = nodes
         self._password = password
+        self._username = username
+        self._tls = tls  # one context for both paths (app/redis_tls.py)
         self.ttl_ms = ttl_ms
         self.ratelimit_ms = ratelimit_ms
         self._latency = latency
@@ -103,18 +109,24 @@ class Store:
             if self._client is None:
                 client = RedisCluster(
                     startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
+                    username=self._username,
                     password=self._password,
+                    driver_info=None,  # no CLIENT SETINFO, not in the ACL (docs/operations.md)
                     socket_connect_timeout=self._timeout_s,
                     socket_timeout=self._timeout_s,
                     # Bounded: an upload waits a few seconds at most, then gets 503. (Since
                     # redis-py 6 this also bounds the retries after cluster errors.)
                     retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
                 )
+                if self._tls is not None:
+                    use_context(client, self._tls)
                 try:
                     await client.initialize()
                 except REDIS_ERRORS as exc:
                     await _close_quietly(client)
-                    raise StoreUnavailable(f"redis cluster unreachable: {exc}") from exc
+                    hint = mismatch_hint(exc, tls=self._tls is not None)
+                    log.warning("redis cluster unreachable error=%s%s", exc, hint)
+                    raise StoreUnavailable(f"redis cluster unreachable: {exc}{hint}") from exc
                 self._client = client
             return self._client
 
@@ -388,8 +400,9 @@ class Store:
         conn = self._connections.get(node.name)
         if conn is None or conn.closed:
             conn = await resp.Connection.open(
-                node.host, int(node.port), password=self._password, timeout_s=self._timeout_s
-            )
+                node.host, int(node.port), password=self._password, timeout_s=self._timeout_s,
+                username=self._username, tls=self._tls,
+            )  # fmt: skip
             old = self._connections.get(node.name)
             if old is not None and not old.closed:  # another upload opened one meanwhile
                 conn.close()

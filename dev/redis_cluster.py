@@ -22,6 +22,7 @@ import argparse
 import atexit
 import contextlib
 import logging
+import secrets
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,7 @@ import redis
 
 from dev.ports import free_redis_ports
 from dev.processes import parent_death_hook
+from dev.redis_security import RedisSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +168,9 @@ class LocalRedisCluster:
     """A Redis Cluster of ``redis-server`` processes on 127.0.0.1, one data dir per node.
 
     Node ``i < primaries`` starts as a primary owning an even share of the 16384 slots; the
-    remaining nodes are replicas, assigned round-robin to the primaries.
+    remaining nodes are replicas, assigned round-robin to the primaries. With ``security``
+    (`dev.redis_security.RedisSecurity`) every port is TLS only and the nodes have its ACL users;
+    ``require_full_coverage`` sets Redis's ``cluster-require-full-coverage`` (default here: no).
     """
 
     def __init__(
@@ -179,6 +183,8 @@ class LocalRedisCluster:
         node_timeout_ms: int = 2000,
         appendfsync: str = "everysec",
         password: str | None = None,
+        security: RedisSecurity | None = None,
+        require_full_coverage: bool = False,
     ) -> None:
         if primaries < 1:
             raise ValueError(f"primaries must be >= 1, got {primaries}")
@@ -197,6 +203,8 @@ class LocalRedisCluster:
         self.node_timeout_ms = node_timeout_ms
         self.appendfsync = appendfsync
         self.password = password
+        self.security = security  # TLS only, and ACL users (dev/redis_security.py)
+        self.require_full_coverage = require_full_coverage
         self._nodes: list[_Node] = []
         self._atexit_registered = False
 
@@ -258,7 +266,10 @@ class LocalRedisCluster:
 
     @property
     def url(self) -> str:
-        """Comma-separated ``redis://[:password@]127.0.0.1:port`` of the initial primaries."""
+        """Comma-separated ``redis://[:password@]127.0.0.1:port`` of the initial primaries
+        (``rediss://127.0.0.1:port`` with ``security``: the server's user is given by flags)."""
+        if self.security is not None:
+            return ",".join(f"rediss://{host}:{port}" for host, port in self.startup_nodes)
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return ",".join(f"redis://{auth}{host}:{port}" for host, port in self.startup_nodes)
 
@@ -270,11 +281,13 @@ class LocalRedisCluster:
     # ----- inspection ------------------------------------------------------------------------
 
     def client(self, port: int, *, timeout: float = 2.0) -> redis.Redis:
-        """A plain (non-cluster) client for one node; the caller closes it."""
+        """A plain (non-cluster) client for one node (the administrator's, with ``security``);
+        the caller closes it."""
+        auth = self.security.client_kwargs() if self.security else {"password": self.password}
         return redis.Redis(
             host=HOST,
             port=port,
-            password=self.password,
+            **auth,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,
@@ -407,9 +420,10 @@ class LocalRedisCluster:
             "cluster-enabled yes",
             f"cluster-config-file {_conf_string(str(node.dir / 'nodes.conf'))}",
             f"cluster-node-timeout {self.node_timeout_ms}",
-            # While one primary is down, the slots of the others keep answering (the default
-            # `yes` makes every node refuse every command until the failover completes).
-            "cluster-require-full-coverage no",
+            # While one primary is down, the slots of the others keep answering (Redis's default
+            # `yes` makes every node refuse every command until the failover completes; see
+            # docs/operations.md, "Failover").
+            f"cluster-require-full-coverage {'yes' if self.require_full_coverage else 'no'}",
             # Durability comes from AOF (docs/architecture.md D7), not RDB snapshots.
             "appendonly yes",
             f"appendfsync {self.appendfsync}",
@@ -424,6 +438,8 @@ class LocalRedisCluster:
                 f"requirepass {_conf_string(self.password)}",
                 f"masterauth {_conf_string(self.password)}",
             ]
+        if self.security is not None:  # TLS only: its lines replace the plain port
+            lines = lines[1:] + self.security.conf_lines(node.port, node.dir / "users.acl")
         node.conf.write_text("\n".join(lines) + "\n")
 
     def _spawn(self, node: _Node) -> None:
@@ -542,7 +558,7 @@ class LocalRedisCluster:
         return None
 
 
-# ----- URL parsing ---------------------------------------------------------------------------
+# ----- CLI -----------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -557,6 +573,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--password", default=None, help="requirepass/masterauth for all nodes")
     parser.add_argument("--node-timeout-ms", type=int, default=2000, help="cluster-node-timeout")
     parser.add_argument("--redis-server", default="redis-server", help="redis-server binary")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS only, with an ACL: certificates, aclfile and the server's password file in the "
+        "data dir; prints the server's Redis flags too (docs/operations.md)",
+    )
+    parser.add_argument(
+        "--require-full-coverage",
+        action="store_true",
+        help="Redis's default cluster-require-full-coverage yes (default here: no)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -577,7 +604,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             replicas_per_primary=args.replicas,
             redis_server=args.redis_server,
             node_timeout_ms=args.node_timeout_ms,
-            password=args.password,
+            password=None if args.tls else args.password,
+            security=RedisSecurity.create(
+                base_dir / "tls",
+                admin_password=args.password or secrets.token_hex(16),
+                server_password=secrets.token_hex(16),
+            )
+            if args.tls
+            else None,
+            require_full_coverage=args.require_full_coverage,
         )
         try:
             stack.enter_context(cluster)
@@ -585,6 +620,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("cannot start redis cluster: %s", exc)
             return 1
         print(cluster.url, flush=True)
+        if cluster.security is not None:
+            flags = cluster.security.server_args(base_dir / "tls" / "server-password")
+            print(" ".join(flags), flush=True)
         # A timed wait keeps the main thread responsive to the signal handler.
         while not stop_requested.wait(0.5):
             pass

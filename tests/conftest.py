@@ -58,7 +58,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """The shared Redis Cluster: from ``TELEMETER_TEST_REDIS_URL``, else a local one."""
     url = os.environ.get(REDIS_URL_ENV)
     if url:
-        nodes, password = parse_redis_url(url)
+        nodes, password, _ = parse_redis_url(url)
         yield RedisClusterHandle(url=url, startup_nodes=nodes, password=password, local=None)
         return
     cluster = LocalRedisCluster(

@@ -6,11 +6,14 @@ client's settings are built from them, with the files they name read from compos
 renamed flag breaks this test rather than someone's deployment. The Prometheus it runs is the
 documented scrape configuration, checked by promtool, and the servers forward by remote write to
 the receiver Prometheus it runs; the Redis nodes' command lines and the
-cluster-forming script are run for real against local redis-server processes.
+cluster-forming script are run for real against local redis-server processes. The overlay
+compose.redis-tls.yaml (Redis over TLS, the servers as the least-privilege ACL user) is checked
+the same way, and run for real with a server on top.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -36,20 +39,27 @@ from client.benchmark import config_from_args
 from client.settings import build_parser as client_parser
 from client.settings import load_runtime, settings_from_args
 from dev.authorization_server import load_tokens
+from dev.launch import start_server, write_signing_key
 from dev.ports import free_ports
 from dev.processes import ManagedProcess
 from dev.prometheus import FEDERATE_JOB, SERVER_JOB, federate_scrape_config
+from dev.redis_security import SERVER_ACL
 from telemeter.addresses import parse_listen_address, parse_redis_url
 from telemeter.durations import parse_duration
 from telemeter.textparse import parse_text
-from tests.support import console_scripts
+from tests.support import authorize as authorize_at_server
+from tests.support import console_scripts, encode_upload, upload, valid_families
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
+TLS_OVERLAY = COMPOSE_DIR / "compose.redis-tls.yaml"
 DOCS_SCRAPE_CONFIG = ROOT / "docs" / "prometheus-scrape.yaml"
 # What `docker compose` would take from the environment or .env.
-TEST_ENV = {"REDIS_PASSWORD": "compose-test-password"}
+TEST_ENV = {
+    "REDIS_PASSWORD": "compose-test-password",
+    "REDIS_TELEMETER_PASSWORD": "compose-test-telemeter-password",
+}
 REDIS_NODES = 6
 _VARIABLE = re.compile(r"\$\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -190,7 +200,7 @@ def test_server_command_lines_parse_and_agree_with_the_rest_of_the_file(
         assert _host_path(compose, service, str(s.shared_key)).name == "signing-key.pem"
         assert s.verify_key == [], "no verify key unless TELEMETER_VERIFY_KEYS is set"
         assert s.redis_secret() == TEST_ENV["REDIS_PASSWORD"]
-        nodes, _ = parse_redis_url(s.redis_url)
+        nodes = parse_redis_url(s.redis_url).nodes
         for host, port in nodes:
             assert host in redis_nodes and f"{port}" in redis_nodes[host]["command"], host
         authorize = urlsplit(s.authorize or "")
@@ -381,17 +391,26 @@ def redis_nodes(compose: dict[str, Any], tmp_path: Path) -> Iterator[list[str]]:
             process.stop()
 
 
-def _client(address: str) -> redis.Redis:
+def _client(address: str, *, tls: Path | None = None) -> redis.Redis:
+    """The administrator's client of one node (over TLS with the certificates in ``tls``)."""
     host, _, port = address.rpartition(":")
-    return redis.Redis(host=host, port=int(port), password=TEST_ENV["REDIS_PASSWORD"])
+    options: dict[str, Any] = {}
+    if tls is not None:
+        options = {
+            "ssl": True,
+            "ssl_ca_certs": str(tls / "ca.crt"),
+            "ssl_certfile": str(tls / "client.crt"),
+            "ssl_keyfile": str(tls / "client.key"),
+        }
+    return redis.Redis(host=host, port=int(port), password=TEST_ENV["REDIS_PASSWORD"], **options)
 
 
-def _wait_ping(process: ManagedProcess, address: str) -> None:
+def _wait_ping(process: ManagedProcess, address: str, *, tls: Path | None = None) -> None:
     deadline = time.monotonic() + 10
     while True:
         assert process.alive, f"{process.name} refused its command line:\n{process.log_tail()}"
         try:
-            if _client(address).ping():
+            if _client(address, tls=tls).ping():
                 return
         except redis.RedisError:
             if time.monotonic() > deadline:
@@ -414,3 +433,154 @@ def test_the_init_job_forms_the_cluster_once(redis_nodes: list[str], tmp_path: P
         ["sh", str(script), *redis_nodes], env=env, capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 0 and "already formed" in again.stdout, again.stderr
+
+
+# ----- compose.redis-tls.yaml: Redis over TLS, the servers as the ACL user --------------------
+
+
+def _overlaid(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``docker compose -f base -f overlay``: mappings merged, a command replaced, volumes added
+    (one mount per target)."""
+    merged = copy.deepcopy(base)
+    for name, service in overlay["services"].items():
+        target = merged["services"][name]
+        for key, value in service.items():
+            if key in ("environment", "healthcheck"):
+                target[key] = {**target.get(key, {}), **value}
+            elif key == "volumes":
+                targets = {v.split(":")[1] for v in value}
+                kept = [v for v in target.get(key, []) if v.split(":")[1] not in targets]
+                target[key] = [*kept, *value]
+            else:
+                target[key] = value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def compose_tls(compose: dict[str, Any]) -> dict[str, Any]:
+    return _overlaid(compose, _interpolate(yaml.safe_load(TLS_OVERLAY.read_text())))
+
+
+def _user_rule(command: list[str]) -> str:
+    return " ".join(["user", *command[command.index("--user") + 1 :]])
+
+
+def test_redis_tls_overlay_follows_the_compose_specification() -> None:
+    check = _tool("check-jsonschema", "check-jsonschema")
+    run = subprocess.run(
+        [check, "--builtin-schema", "vendor.compose-spec", str(TLS_OVERLAY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_redis_tls_overlay_runs_the_servers_as_the_tested_acl_user(
+    compose_tls: dict[str, Any],
+) -> None:
+    certs = (COMPOSE_DIR / "secrets" / "redis-tls").resolve()
+    for name, service in _services(compose_tls, "telemeter-server").items():
+        s = _parse_server(compose_tls, service)
+        url = parse_redis_url(s.redis_url)
+        assert url.tls and [h for h, _ in url.nodes] == ["redis-0", "redis-1", "redis-2"], name
+        assert s.redis_username == "telemeter"
+        assert s.redis_secret() == TEST_ENV["REDIS_TELEMETER_PASSWORD"]
+        for path, file in (
+            (s.redis_ca_file, "ca.crt"),
+            (s.redis_client_crt, "client.crt"),
+            (s.redis_client_key, "client.key"),
+        ):
+            assert path is not None and _host_path(compose_tls, service, str(path)) == certs / file
+    password = TEST_ENV["REDIS_TELEMETER_PASSWORD"]
+    for i in range(REDIS_NODES):
+        node = compose_tls["services"][f"redis-{i}"]
+        command = node["command"]
+        assert _user_rule(command) == SERVER_ACL.replace("<password>", f">{password}")
+        flags = dict(zip(command[1::2], command[2::2], strict=False))
+        assert (flags["--port"], flags["--tls-port"]) == ("0", "6379")
+        assert flags["--tls-cluster"] == flags["--tls-replication"] == "yes"
+        assert flags["--appendonly"] == "yes" and flags["--cluster-enabled"] == "yes"
+        for option, file in (("--tls-cert-file", "redis.crt"), ("--tls-ca-cert-file", "ca.crt")):
+            assert _host_path(compose_tls, node, flags[option]) == certs / file
+        assert "--tls" in node["healthcheck"]["test"]
+        assert any(v.endswith(":/data") for v in node["volumes"]), "the data volume stays"
+    init = compose_tls["services"]["redis-cluster-init"]
+    assert "--tls" in init["environment"]["REDIS_CLI_TLS"]
+    assert _host_path(compose_tls, init, "/tls/ca.crt") == certs / "ca.crt"
+
+
+def test_redis_tls_overlay_for_real(
+    compose_tls: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate script, the six nodes' command lines, the init job over TLS, then a
+    server as the ACL user: an upload answered 200."""
+    server_bin = _tool("redis-server", "the Debian package redis-server")
+    tls = tmp_path / "redis-tls"
+    made = subprocess.run(
+        ["sh", str(COMPOSE_DIR / "redis-tls-certs.sh"), str(tls)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    ports = free_ports(2 * REDIS_NODES)
+    processes: list[ManagedProcess] = []
+    addresses = []
+    try:
+        for i in range(REDIS_NODES):
+            args = list(compose_tls["services"][f"redis-{i}"]["command"])
+            port, bus = ports[2 * i], ports[2 * i + 1]
+            data = tmp_path / f"redis-{i}"
+            data.mkdir()
+            args[args.index("--tls-port") + 1] = str(port)
+            args = [a.replace("/data/", f"{data}/").replace("/tls/", f"{tls}/") for a in args]
+            argv = [server_bin, *args[1:], "--dir", str(data), "--bind", "127.0.0.1"]
+            argv += ["--cluster-port", str(bus), "--save", ""]
+            process = ManagedProcess(f"redis-{i}", argv, log_path=tmp_path / f"redis-{i}.log")
+            processes.append(process.start())
+            addresses.append(f"127.0.0.1:{port}")
+        for process, address in zip(processes, addresses, strict=True):
+            _wait_ping(process, address, tls=tls)
+        init = compose_tls["services"]["redis-cluster-init"]
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "REDISCLI_AUTH": TEST_ENV["REDIS_PASSWORD"],
+            "REDIS_CLI_TLS": init["environment"]["REDIS_CLI_TLS"].replace("/tls/", f"{tls}/"),
+        }
+        formed = subprocess.run(
+            ["sh", str(COMPOSE_DIR / "redis-cluster-init.sh"), *addresses],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert formed.returncode == 0, formed.stdout[-3000:] + formed.stderr[-3000:]
+
+        service = compose_tls["services"]["telemeter-server-0"]
+        s = _parse_server(compose_tls, service)
+        files = {
+            flag: tls / Path(str(path)).name
+            for flag, path in (
+                ("--redis-ca-file", s.redis_ca_file),
+                ("--redis-client-crt", s.redis_client_crt),
+                ("--redis-client-key", s.redis_client_key),
+            )
+        }
+        monkeypatch.setenv("TELEMETER_REDIS_PASSWORD", s.redis_secret() or "")
+        flags = ["--redis-username", str(s.redis_username)]
+        flags += [str(part) for pair in files.items() for part in pair]
+        server = start_server(
+            redis_url=",".join(f"rediss://{a}" for a in addresses[:3]),
+            workdir=tmp_path,
+            name="compose-tls",
+            shared_key=write_signing_key(tmp_path / "signing.pem"),
+            extra_args=flags,
+            wait=False,
+        )
+        try:
+            server.process.wait_http(server.internal + "/healthz/ready", timeout=30)
+            jwt = authorize_at_server(server, "compose-tls")
+            answer = upload(server, jwt, encode_upload(valid_families("compose-tls")))
+            assert answer.status_code == 200, answer.text
+        finally:
+            server.process.stop()
+    finally:
+        for process in processes:
+            process.stop()

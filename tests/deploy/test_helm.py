@@ -109,6 +109,19 @@ FORWARDING: dict[str, Any] = {
         },
     },
 }
+# Redis over TLS as an ACL user (docs/operations.md "Redis over TLS and with an ACL user").
+REDIS_TLS: dict[str, Any] = {
+    "redis": {
+        "url": "rediss://rc-redis-cluster-0.rc-redis-cluster-headless:6379,"
+        "rediss://rc-redis-cluster-1.rc-redis-cluster-headless:6379",
+        "username": "telemeter",
+        "existingSecret": "telemeter-redis-user",
+        "existingSecretPasswordKey": "password",
+        "caSecret": "redis-ca",
+        "caSecretKey": "ca.pem",
+        "clientCertSecret": "telemeter-redis-tls",
+    },
+}
 # Mid-rotation (docs/operations.md "Rotating the signing key"): the new key signs, two older
 # ones are still accepted.
 ROTATION: dict[str, Any] = {
@@ -152,6 +165,7 @@ VALUES = {
     "rotation": ROTATION,
     "non-default": NON_DEFAULT,
     "forwarding": FORWARDING,
+    "redis-tls": REDIS_TLS,
     "forward-url-only": {"forward": {"url": "http://thanos-receive:19291/api/v1/receive"}},
 }
 # The server flags of remote write: none of them is rendered while forward.url is empty.
@@ -326,6 +340,34 @@ def test_non_default_values_reach_the_server() -> None:
         "key": "redis-password",
     }
     assert not [d for d in _kind("non-default", "Secret") if "signing" in d["metadata"]["name"]]
+
+
+def test_redis_tls_and_acl_values_reach_the_server() -> None:
+    deployment = _one("redis-tls", "Deployment", FULLNAME)
+    container = _container(deployment)
+    s = _server_settings(container)
+    redis = REDIS_TLS["redis"]
+    assert s.redis_url == redis["url"] and s.redis_username == "telemeter"
+    assert _secret_file(deployment, s.redis_ca_file) == ("redis-ca", "ca.pem")
+    assert _secret_file(deployment, s.redis_client_crt) == ("telemeter-redis-tls", "tls.crt")
+    assert _secret_file(deployment, s.redis_client_key) == ("telemeter-redis-tls", "tls.key")
+    env = {v["name"]: v for v in container["env"]}
+    assert env["TELEMETER_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "telemeter-redis-user",
+        "key": "password",
+    }
+    # Changing the Redis values rolls the pods (the files are read once, at start-up).
+    annotation = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    default = _one("default", "Deployment", FULLNAME)["spec"]["template"]["metadata"]
+    assert annotation != default["annotations"]["checksum/config"]
+
+
+@pytest.mark.parametrize("which", ["default", "non-default", "forwarding"])
+def test_no_redis_tls_or_user_unless_asked(which: str) -> None:
+    container = _container(_one(which, "Deployment", FULLNAME))
+    s = _server_settings(container)
+    assert (s.redis_username, s.redis_ca_file, s.redis_client_crt) == (None, None, None)
+    assert not [m for m in container["volumeMounts"] if m["name"].startswith("redis-")]
 
 
 def test_verify_keys_are_mounted_from_their_secrets() -> None:
@@ -601,6 +643,9 @@ def test_client_deployment_parses_and_pushes_to_the_release() -> None:
             },
             "serviceMonitor.tlsConfig.cert",
         ),
+        ({"redis": {"url": "redis://r:6379", "caSecret": "redis-ca"}}, "rediss://"),
+        ({"redis": {"url": "redis://r:6379", "clientCertSecret": "redis-tls"}}, "rediss://"),
+        ({"redis": {"url": "rediss://r:6379", "username": "tele meter"}}, "redis/username"),
         (
             {"forward": {"url": "http://r:9090/api/v1/write", "oidc": {"issuer": "https://sso"}}},
             "clientId",

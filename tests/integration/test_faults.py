@@ -131,7 +131,13 @@ def own_cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
 
 @contextlib.contextmanager
 def servers_on(
-    url: str, tmp_path: Path, signing_key: Path, names: list[str], *, wait: bool = True
+    url: str,
+    tmp_path: Path,
+    signing_key: Path,
+    names: list[str],
+    *,
+    wait: bool = True,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[list[ServerHandle]]:
     """Start servers (in parallel) on ``url``; every one is stopped on exit."""
     started = [
@@ -140,7 +146,7 @@ def servers_on(
             workdir=tmp_path,
             name=name,
             shared_key=signing_key,
-            extra_args=FAST_ARGS,
+            extra_args=[*FAST_ARGS, *extra_args],
             wait=False,
         )
         for name in names

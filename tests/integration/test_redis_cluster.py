@@ -85,7 +85,7 @@ def test_every_node_has_aof_everysec_and_no_rdb(redis_cluster: RedisClusterHandl
 def test_url_lists_the_primaries(redis_cluster: RedisClusterHandle) -> None:
     cluster = local_of(redis_cluster)
     primaries = sorted(node.port for node in cluster.nodes if node.role == "primary")
-    nodes, password = parse_redis_url(cluster.url)
+    nodes, password, _ = parse_redis_url(cluster.url)
     assert password is None
     assert nodes == cluster.startup_nodes
     assert sorted(port for _, port in nodes) == primaries
@@ -228,7 +228,7 @@ def test_cli_nodes_end_with_the_launcher(tmp_path: Path, sig: signal.Signals) ->
         )
     try:
         url = _read_line(proc, timeout=30)
-        [(_, port)], _ = parse_redis_url(url)
+        [(_, port)], _, _ = parse_redis_url(url)
         with redis.Redis(port=port) as conn:
             assert conn.set("cli-probe", "1")
             redis_pid = conn.info("server")["process_id"]
@@ -258,17 +258,21 @@ def _is_running(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("redis://127.0.0.1:7000", ([("127.0.0.1", 7000)], None)),
-        ("127.0.0.1:7000", ([("127.0.0.1", 7000)], None)),
+        ("redis://127.0.0.1:7000", ([("127.0.0.1", 7000)], None, False)),
+        ("127.0.0.1:7000", ([("127.0.0.1", 7000)], None, False)),
         (
             "redis://:s3cret@a:1,redis://:s3cret@b:2, c:3 ",
-            ([("a", 1), ("b", 2), ("c", 3)], "s3cret"),
+            ([("a", 1), ("b", 2), ("c", 3)], "s3cret", False),
         ),
-        ("redis://:p%40ss@h:6379/0", ([("h", 6379)], "p@ss")),
-        ("redis://[::1]:7001/,[::1]:7002", ([("::1", 7001), ("::1", 7002)], None)),
+        ("redis://:p%40ss@h:6379/0", ([("h", 6379)], "p@ss", False)),
+        ("redis://[::1]:7001/,[::1]:7002", ([("::1", 7001), ("::1", 7002)], None, False)),
+        ("rediss://h:1", ([("h", 1)], None, True)),
+        ("rediss://:pw@a:1,b:2", ([("a", 1), ("b", 2)], "pw", True)),  # b:2 follows a's scheme
     ],
 )
-def test_parse_redis_url_accepts(url: str, expected: tuple[list[tuple[str, int]], str]) -> None:
+def test_parse_redis_url_accepts(
+    url: str, expected: tuple[list[tuple[str, int]], str | None, bool]
+) -> None:
     assert parse_redis_url(url) == expected
 
 
@@ -282,9 +286,10 @@ def test_parse_redis_url_accepts(url: str, expected: tuple[list[tuple[str, int]]
         ("a:0", "bad port"),
         ("a:65536", "bad port"),
         ("redis://h:x", "bad port"),
-        ("rediss://h:1", "unsupported scheme"),
+        ("http://h:1", "unsupported scheme"),
+        ("rediss://a:1,redis://b:2", "mixes redis:// and rediss://"),
         ("redis://h:1/3", "only database 0"),
-        ("redis://user:pw@h:1", "user names are not supported"),
+        ("redis://user:pw@h:1", "use --redis-username"),
         ("redis://:one@a:1,redis://:two@b:2", "different passwords"),
     ],
 )
@@ -308,7 +313,7 @@ def test_password_cluster_requires_auth_and_replicates(tmp_path: Path) -> None:
         password="p@ss word",
         redis_server=require_redis_server(),
     ) as cluster:
-        nodes, password = parse_redis_url(cluster.url)
+        nodes, password, _ = parse_redis_url(cluster.url)
         assert password == "p@ss word"
         assert nodes == cluster.startup_nodes
         # wait_ok already saw the replica's link up, which needs masterauth.

@@ -162,7 +162,7 @@ async def harness(nodes: list[tuple[str, int]], password: str | None) -> AsyncIt
 
 @pytest.fixture
 async def rings(redis_cluster: RedisClusterHandle) -> AsyncIterator[Harness]:
-    nodes, password = parse_redis_url(redis_cluster.url)
+    nodes, password, _ = parse_redis_url(redis_cluster.url)
     async with harness(nodes, password) as value:
         yield value
 

@@ -67,6 +67,7 @@ app.kubernetes.io/component: client
 {{- define "telemeter.verifyKeyDir" -}}/etc/telemeter/verify-keys{{- end }}
 {{- define "telemeter.forwardDir" -}}/etc/telemeter/forward{{- end }}
 {{- define "telemeter.tlsDir" -}}/etc/telemeter/tls{{- end }}
+{{- define "telemeter.redisDir" -}}/etc/telemeter/redis{{- end }}
 
 {{/* The shortest grace period that lets a pod release its ring leases and drain. */}}
 {{- define "telemeter.minimumGrace" -}}

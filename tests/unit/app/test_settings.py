@@ -53,6 +53,9 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--oidc-issuer", "http://issuer"],
         ["--ring-heartbeat", "10s", "--ring-lease", "5s"],
         ["--limit-bytes", "0"],
+        ["--redis-url", "rediss://h:1", "--redis-client-crt", "c.pem"],
+        ["--redis-url", "redis://h:1", "--redis-ca-file", "ca.pem"],
+        ["--redis-url", "redis://user:pw@h:1"],
     ],
 )
 def test_inconsistent_flags_are_refused(
@@ -63,7 +66,7 @@ def test_inconsistent_flags_are_refused(
     assert "error" in capsys.readouterr().err
 
 
-# The flags of the hand-written parser the generated one replaced: the Go server's names.
+# The flags of the hand-written parser the generated one replaced (the Go server's names).
 FORMER_FLAGS = {
     "--listen", "--listen-internal", "--name", "--shared-key", "--verify-key",
     "--token-expire-seconds",
@@ -83,7 +86,21 @@ FORMER_FLAGS = {
     "--ring-namespace", "-v", "--verbose",
 }  # fmt: skip
 # Flags added since, each on purpose (docs/operations.md says what they do).
-ADDED_FLAGS = {"--internal-tls-client-ca"}
+ADDED_FLAGS = {
+    "--internal-tls-client-ca",
+    "--redis-username", "--redis-ca-file", "--redis-client-crt", "--redis-client-key",
+}  # fmt: skip
+
+
+def test_redis_tls_and_acl_flags() -> None:
+    s = parse_settings(
+        [
+            "--redis-url", "rediss://10.0.0.1:7000", "--redis-username", "telemeter",
+            "--redis-ca-file", "ca.pem", "--redis-client-crt", "c.pem", "--redis-client-key", "k",
+        ]
+    )  # fmt: skip
+    assert (s.redis_username, s.redis_ca_file) == ("telemeter", Path("ca.pem"))
+    assert (s.redis_client_crt, s.redis_client_key) == (Path("c.pem"), Path("k"))
 
 
 def test_the_flags_are_exactly_the_former_ones_plus_the_added_ones() -> None:
