@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import re
-import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+import telemeter
 from app.app import create_external_app, create_internal_app
 from app.main import SHUTDOWN_GRACE_S
 from app.runtime import Runtime
@@ -271,10 +271,7 @@ def test_every_core_manifest_is_valid_kubernetes(which: str) -> None:
 def test_chart_kube_version_is_the_oldest_validated() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["kubeVersion"] == f">={OLDEST_KUBERNETES}-0"
-    assert (
-        chart["appVersion"]
-        == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    )
+    assert chart["appVersion"] == telemeter.__version__  # pyproject.toml reads it from there
 
 
 # ----- the server Deployment against the real server --------------------------------------------
