@@ -21,7 +21,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telemeter.addresses import parse_redis_url
-from telemeter.durations import format_duration, parse_duration
+from telemeter.durations import parse_duration
 from telemeter.errors import InvalidSelector
 from telemeter.flags import flag_name, with_default
 from telemeter.selectors import Whitelist
