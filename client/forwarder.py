@@ -34,7 +34,7 @@ from client.tokens import (
     parse_token_response,
 )
 from telemeter import __version__
-from telemeter._clientpass import frames
+from telemeter._clientpass import frames, text_families
 from telemeter._framed import encode_framed
 from telemeter.clientpass import ClientPass
 from telemeter.errors import InvalidPayload, TooLarge
@@ -329,8 +329,12 @@ def decode_federate(body: bytes, content_type: str, *, max_families: int) -> byt
         if count > max_families:
             raise TooLarge(f"delimited: more than {max_families} metric families")
         return body
-    # Go's expfmt falls back to the text format for any other (or missing) type. Prometheus
-    # answers protobuf when asked: protobuf and the text parser are imported only here.
+    # Go's expfmt falls back to the text format for any other (or missing) type. The compiled
+    # reading covers the form Prometheus writes; protobuf and the reference parser are imported
+    # only for the rest (docs/architecture.md, "The client's pass").
+    delimited = text_families(body)
+    if delimited is not None:
+        return delimited
     from telemeter.delimited import write_families
     from telemeter.textparse import parse_text
 

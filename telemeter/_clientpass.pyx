@@ -15,7 +15,7 @@ which is what upb writes back only for input of that canonical form.
 
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memcmp
+from libc.string cimport memchr, memcmp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from telemeter._buffer cimport Buf, grow, put, tm_valid_utf8
@@ -538,3 +538,231 @@ def frames(bytes data):
         p += n
         count += 1
     return count
+
+
+# ---- the text answer --------------------------------------------------------------------------
+
+from libc.stdlib cimport strtod
+
+
+cdef inline bint is_digit(char c) noexcept:
+    return b'0' <= c <= b'9'
+
+
+cdef Py_ssize_t number_end(const char *s, Py_ssize_t n) noexcept:
+    """The length of ``-?(\\d+(\\.\\d*)?|\\.\\d+)([eE][+-]?\\d+)?`` at ``s``, or of ``NaN``,
+    ``+Inf``, ``-Inf``; 0 when neither: the forms where C and Python read the same double."""
+    cdef Py_ssize_t i = 0, digits = 0
+    if n >= 3 and memcmp(s, b"NaN", 3) == 0:
+        return 3
+    if n >= 4 and (memcmp(s, b"+Inf", 4) == 0 or memcmp(s, b"-Inf", 4) == 0):
+        return 4
+    if i < n and s[i] == b'-':
+        i += 1
+    while i < n and is_digit(s[i]):
+        i += 1
+        digits += 1
+    if i < n and s[i] == b'.':
+        i += 1
+        while i < n and is_digit(s[i]):
+            i += 1
+            digits += 1
+    if digits == 0:
+        return 0
+    if i < n and (s[i] == b'e' or s[i] == b'E'):
+        i += 1
+        if i < n and (s[i] == b'+' or s[i] == b'-'):
+            i += 1
+        if i >= n or not is_digit(s[i]):
+            return 0
+        while i < n and is_digit(s[i]):
+            i += 1
+    return i
+
+
+def text_families(bytes data):
+    """A text answer in the form Prometheus's ``/federate`` writes (``# TYPE name untyped`` or
+    ``gauge``, then that family's sample lines ``name{a="b",...} value [ms]``) as delimited
+    MetricFamily messages, as ``write_families(parse_text(data))`` writes them; None for
+    anything else (HELP or other comments, counters, summaries, histograms, other spacing,
+    escapes other than ``\\\\ \\" \\n``), where the reference runs."""
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef const char *end = p + PyBytes_GET_SIZE(data)
+    cdef const char *line
+    cdef const char *eol
+    cdef const char *q
+    cdef const char *name = NULL
+    cdef Py_ssize_t name_len = 0, n, k, i, j
+    cdef int kind = -1
+    cdef char value_tag
+    cdef double value
+    cdef Buf out, family, metric, labels
+    cdef bint has_ts
+    cdef uint64_t ts
+    if not tm_valid_utf8(<const unsigned char *>p, end - p):
+        return None
+    out.data = family.data = metric.data = labels.data = NULL
+    out.len = out.cap = family.len = family.cap = metric.len = metric.cap = 0
+    labels.len = labels.cap = 0
+    seen = set()
+    try:
+        while p < end:
+            line = p
+            q = <const char *>memchr(p, b'\n', end - p)
+            eol = end if q == NULL else q
+            p = eol + 1
+            n = eol - line
+            if n == 0:
+                return None
+            if line[0] == b'#':
+                # "# TYPE <name> untyped|gauge": the family before it is complete.
+                if n < 8 or memcmp(line, b"# TYPE ", 7) != 0:
+                    return None
+                q = <const char *>memchr(line + 7, b' ', n - 7)
+                if q == NULL:
+                    return None
+                if not _close(&out, &family, name, name_len, kind):
+                    return None
+                name, name_len = line + 7, q - (line + 7)
+                if not metric_name_ok(name, name_len):
+                    return None
+                key = PyBytes_FromStringAndSize(name, name_len)
+                if key in seen:
+                    return None
+                seen.add(key)
+                k = eol - (q + 1)
+                if k == 7 and memcmp(q + 1, b"untyped", 7) == 0:
+                    kind = 3
+                elif k == 5 and memcmp(q + 1, b"gauge", 5) == 0:
+                    kind = 1
+                else:
+                    return None
+                family.len = 0
+                continue
+            # A sample line of the family named by the TYPE line before it.
+            if name == NULL or n <= name_len or memcmp(line, name, name_len) != 0:
+                return None
+            q = line + name_len
+            labels.len = 0
+            if q[0] == b'{':
+                q += 1
+                if _labels(&q, eol, &labels) < 0:
+                    return None
+            if q >= eol or q[0] != b' ':
+                return None
+            q += 1
+            k = number_end(q, eol - q)
+            if k == 0 or (q + k < eol and q[k] != b' '):
+                return None
+            value = strtod(q, NULL) if q[0] != b'+' else strtod(q + 1, NULL)
+            if value == 0 and memchr(q, b'.', k) == NULL and memchr(q, b'e', k) == NULL \
+                    and memchr(q, b'E', k) == NULL:
+                value = 0.0  # the reference reads an integer as an int first: "-0" is 0
+            q += k
+            has_ts = q < eol
+            ts = 0
+            if has_ts:  # milliseconds, up to 15 digits (exact through the reference's float)
+                q += 1
+                if eol - q < 1 or eol - q > 15:
+                    return None
+                while q < eol:
+                    if not is_digit(q[0]):
+                        return None
+                    ts = ts * 10 + <uint64_t>(q[0] - 48)
+                    q += 1
+            metric.len = 0
+            put(&metric, labels.data, labels.len)
+            value_tag = 0x2A if kind == 3 else 0x12  # Metric.untyped, Metric.gauge: 9 bytes
+            put(&metric, &value_tag, 1)
+            put(&metric, b"\x09\x09", 2)  # ... holding field 1, a double
+            put(&metric, <const char *>&value, 8)  # little-endian, as protobuf (x86-64, arm64)
+            if has_ts:
+                put(&metric, b"\x30", 1)
+                put_varint(&metric, ts)
+            put(&family, b"\x22", 1)
+            put_varint(&family, metric.len)
+            put(&family, metric.data, metric.len)
+        if not _close(&out, &family, name, name_len, kind):
+            return None
+        return PyBytes_FromStringAndSize(out.data, out.len)
+    finally:
+        free(out.data)
+        free(family.data)
+        free(metric.data)
+        free(labels.data)
+
+
+cdef int _labels(const char **pp, const char *eol, Buf *labels) except -2:
+    """``a="b",c="d"}`` at ``pp[0]`` as LabelPair fields; -1 when not of that strict form or a
+    name repeats."""
+    cdef const char *q = pp[0]
+    cdef const char *start
+    cdef const char *v
+    cdef Buf value
+    cdef Py_ssize_t i
+    cdef list names = []
+    value.data = NULL
+    value.len = value.cap = 0
+    try:
+        while True:
+            start = q
+            while q < eol and q[0] != b'=':
+                q += 1
+            if q + 1 >= eol or q[1] != b'"' or not label_name_ok(start, q - start):
+                return -1
+            key = PyBytes_FromStringAndSize(start, q - start)
+            if key in names:
+                return -1
+            names.append(key)
+            q += 2
+            value.len = 0
+            while True:
+                if q >= eol:
+                    return -1
+                if q[0] == b'"':
+                    break
+                if q[0] == b'\\':
+                    if q + 1 >= eol:
+                        return -1
+                    if q[1] == b'\\' or q[1] == b'"':
+                        put(&value, q + 1, 1)
+                    elif q[1] == b'n':
+                        put(&value, b"\n", 1)
+                    else:
+                        return -1
+                    q += 2
+                    continue
+                v = q
+                while q < eol and q[0] != b'"' and q[0] != b'\\':
+                    q += 1
+                put(&value, v, q - v)
+            q += 1
+            # LabelPair{name, value}
+            put(labels, b"\x0a", 1)
+            put_varint(labels, 2 + varint_size(len(key)) + len(key) + varint_size(value.len) + value.len)
+            put_field(labels, 0x0A, key, len(key))
+            put_field(labels, 0x12, value.data if value.data != NULL else <char *>b"", value.len)
+            if q < eol and q[0] == b',':
+                q += 1
+                continue
+            if q < eol and q[0] == b'}':
+                pp[0] = q + 1
+                return 0
+            return -1
+    finally:
+        free(value.data)
+
+
+cdef bint _close(Buf *out, Buf *family, const char *name, Py_ssize_t name_len, int kind) except -1:
+    """Write the family being read, if it has samples (the reference drops empty ones)."""
+    cdef Py_ssize_t size
+    if name == NULL or family.len == 0:
+        return True
+    size = 1 + varint_size(name_len) + name_len + 2 + family.len
+    put_varint(out, size)
+    put_field(out, 0x0A, name, name_len)
+    put(out, b"\x18", 1)
+    put_varint(out, kind)
+    put(out, family.data, family.len)
+    family.len = 0
+    return True
