@@ -36,7 +36,7 @@ from client.tokens import (
 from telemeter import __version__
 from telemeter._clientpass import frames, text_families
 from telemeter._framed import encode_framed
-from telemeter.clientpass import ClientPass
+from telemeter.clientpass import ClientPass, Cycle
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.httpclient import Answer, AnswerTooLarge, HTTPError, fetch
 
@@ -149,12 +149,12 @@ class Forwarder:
             return ForwardResult(families=0, scraped_samples=0, sent_samples=0, uploaded=False)
         token = await self.authorize(runtime)
         try:
-            result = transforms.run(
-                scraped,
+            cycle = Cycle(
                 token_labels=token.labels,
                 now_ms=round(self._wall_clock() * 1000),
                 max_families=self._settings.limit_bytes,
             )
+            result = transforms.run(scraped, cycle)
         except InvalidPayload as exc:
             raise ScrapeError(f"cannot decode /federate answer: {exc}") from None
         before, after = result.scraped, result.scraped - result.dropped

@@ -164,3 +164,24 @@ cdef inline int scan_value(const unsigned char *s, Py_ssize_t n) noexcept:
     """A label value in one scan: 1 ASCII with nothing to escape, 0 valid UTF-8 to escape or
     beyond ASCII, -1 not valid UTF-8."""
     return tm_scan_value(s, n)
+
+
+cdef inline int varint_size(uint64_t v) noexcept:
+    """The bytes of ``v`` as a protobuf varint."""
+    cdef int n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef inline int put_varint(Buf *b, uint64_t v) except -1:
+    """``v`` as a protobuf varint."""
+    cdef char tmp[10]
+    cdef int n = 0
+    while v >= 0x80:
+        tmp[n] = <char>((v & 0x7F) | 0x80)
+        v >>= 7
+        n += 1
+    tmp[n] = <char>v
+    return put(b, tmp, n + 1)

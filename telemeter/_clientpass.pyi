@@ -1,15 +1,9 @@
 # Type stub of the client's compiled pass (_clientpass.pyx).
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 class Transforms:
-    def __init__(
-        self,
-        renames: Mapping[str, str],
-        labels: Mapping[str, str],
-        anonymize_labels: Sequence[str],
-        salt: str,
-        labels_ok: bool,
-    ) -> None: ...
+    def __init__(self, config: Any) -> None: ...
     def run(
         self,
         data: bytes,

@@ -18,7 +18,7 @@ from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memchr, memcmp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
-from telemeter._buffer cimport Buf, grow, put, tm_valid_utf8
+from telemeter._buffer cimport Buf, grow, put, put_varint, tm_valid_utf8, varint_size
 
 DEF MAX_NAME = 255  # longest name or value the server takes (telemeter.transforms)
 DEF NO_FIELD = 0
@@ -135,21 +135,9 @@ cdef bint canonical(const uint8_t *p, const uint8_t *end, int kind) noexcept:
     return True
 
 
-cdef inline bint label_name_ok(const char *s, Py_ssize_t n) noexcept:
-    """``[a-zA-Z_][a-zA-Z0-9_]*``, at most 255 characters."""
-    cdef Py_ssize_t i
-    cdef char c
-    if n == 0 or n > MAX_NAME:
-        return False
-    for i in range(n):
-        c = s[i]
-        if not (b'a' <= c <= b'z' or b'A' <= c <= b'Z' or c == b'_' or (i and b'0' <= c <= b'9')):
-            return False
-    return True
-
-
-cdef inline bint metric_name_ok(const char *s, Py_ssize_t n) noexcept:
-    """``[a-zA-Z_:][a-zA-Z0-9_:]*``, at most 255 characters."""
+cdef inline bint name_ok(const char *s, Py_ssize_t n, bint colon) noexcept:
+    """``[a-zA-Z_][a-zA-Z0-9_]*`` (label names), with ``:`` also (metric names), at most 255
+    characters."""
     cdef Py_ssize_t i
     cdef char c
     if n == 0 or n > MAX_NAME:
@@ -157,7 +145,7 @@ cdef inline bint metric_name_ok(const char *s, Py_ssize_t n) noexcept:
     for i in range(n):
         c = s[i]
         if not (
-            b'a' <= c <= b'z' or b'A' <= c <= b'Z' or c == b'_' or c == b':'
+            b'a' <= c <= b'z' or b'A' <= c <= b'Z' or c == b'_' or (colon and c == b':')
             or (i and b'0' <= c <= b'9')
         ):
             return False
@@ -266,25 +254,6 @@ cdef int read_metric(const uint8_t *p, const uint8_t *end, Scratch *s, Sample *o
     return 1
 
 
-cdef int put_varint(Buf *b, uint64_t v) except -1:
-    cdef char tmp[10]
-    cdef int n = 0
-    while v >= 0x80:
-        tmp[n] = <char>((v & 0x7F) | 0x80)
-        v >>= 7
-        n += 1
-    tmp[n] = <char>v
-    return put(b, tmp, n + 1)
-
-
-cdef inline int varint_size(uint64_t v) noexcept:
-    cdef int n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
 cdef inline int put_field(Buf *b, char tag, const char *p, Py_ssize_t n) except -1:
     put(b, &tag, 1)
     put_varint(b, n)
@@ -315,25 +284,27 @@ cdef int set_labels(Scratch *s, Py_ssize_t first, Py_ssize_t *count, list labels
     return 0
 
 
+cdef inline Py_ssize_t encoded_size(Pair *pair) noexcept:
+    """The bytes of a LabelPair's fields."""
+    return (
+        (1 + varint_size(pair.name_len) + pair.name_len if pair.has_name else 0)
+        + (1 + varint_size(pair.value_len) + pair.value_len if pair.has_value else 0)
+    )
+
+
 cdef int put_metric(Buf *b, Scratch *s, Sample *m) except -1:
     cdef Py_ssize_t i, size = 0, pair_size
     cdef Pair *pair
     for i in range(m.first_pair, m.first_pair + m.pairs):
         pair = &s.pairs[i]
-        pair_size = (
-            (1 + varint_size(pair.name_len) + pair.name_len if pair.has_name else 0)
-            + (1 + varint_size(pair.value_len) + pair.value_len if pair.has_value else 0)
-        )
+        pair_size = encoded_size(pair)
         size += 1 + varint_size(pair_size) + pair_size
     size += 1 + varint_size(m.value_len) + m.value_len + 1 + varint_size(<uint64_t>m.ts)
     put(b, b"\x22", 1)  # MetricFamily.metric
     put_varint(b, size)
     for i in range(m.first_pair, m.first_pair + m.pairs):
         pair = &s.pairs[i]
-        pair_size = (
-            (1 + varint_size(pair.name_len) + pair.name_len if pair.has_name else 0)
-            + (1 + varint_size(pair.value_len) + pair.value_len if pair.has_value else 0)
-        )
+        pair_size = encoded_size(pair)
         put(b, b"\x0a", 1)
         put_varint(b, pair_size)
         if pair.has_name:
@@ -359,12 +330,14 @@ cdef class Transforms:
     cdef bint labels_ok
     cdef dict anonymized
 
-    def __init__(self, renames, labels, anonymize_labels, salt, labels_ok):
-        self.renames = {k.encode(): v.encode() for k, v in renames.items()}
-        self.labels = [(k.encode(), v.encode()) for k, v in labels.items()]
-        self.hashed = [name.encode() for name in dict.fromkeys(anonymize_labels)]
-        self.salt = salt.encode()
-        self.labels_ok = labels_ok
+    def __init__(self, config):
+        """From a `telemeter.clientpass.ClientPass`: its renames, labels, anonymized names, salt
+        and whether the labels are valid."""
+        self.renames = {k.encode(): v.encode() for k, v in config.renames.items()}
+        self.labels = [(k.encode(), v.encode()) for k, v in config.labels.items()]
+        self.hashed = [name.encode() for name in dict.fromkeys(config.anonymize_labels)]
+        self.salt = config.salt.encode()
+        self.labels_ok = config.labels_ok
         self.anonymized = {}
 
     def run(self, bytes data, token_labels, int64_t now_ms, int64_t max_age_ms, Py_ssize_t max_families):
@@ -438,7 +411,7 @@ cdef class Transforms:
                 p += m
             scraped += s.n_samples
             renamed = self.renames.get(name, name)
-            if not (self.labels_ok and metric_name_ok(renamed, len(renamed))):
+            if not (self.labels_ok and name_ok(renamed, len(renamed), True)):
                 continue
             j = 0  # the kept samples, compacted to the front
             for i in range(s.n_samples):
@@ -479,7 +452,7 @@ cdef class Transforms:
                     overridden = True
                     break
             if not overridden and not (
-                label_name_ok(pair.name, pair.name_len)
+                name_ok(pair.name, pair.name_len, False)
                 and characters(pair.value, pair.value_len) <= MAX_NAME
             ):
                 return False
@@ -624,7 +597,7 @@ def text_families(bytes data):
                 if not _close(&out, &family, name, name_len, kind):
                     return None
                 name, name_len = line + 7, q - (line + 7)
-                if not metric_name_ok(name, name_len):
+                if not name_ok(name, name_len, True):
                     return None
                 key = PyBytes_FromStringAndSize(name, name_len)
                 if key in seen:
@@ -708,7 +681,7 @@ cdef int _labels(const char **pp, const char *eol, Buf *labels) except -2:
             start = q
             while q < eol and q[0] != b'=':
                 q += 1
-            if q + 1 >= eol or q[1] != b'"' or not label_name_ok(start, q - start):
+            if q + 1 >= eol or q[1] != b'"' or not name_ok(start, q - start, False):
                 return -1
             key = PyBytes_FromStringAndSize(start, q - start)
             if key in names:

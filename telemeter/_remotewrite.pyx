@@ -17,7 +17,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, strtod, strtoll
 from libc.string cimport memchr, memcmp, memcpy
 
-from telemeter._buffer cimport Buf, grow
+from telemeter._buffer cimport Buf, grow, varint_size
 
 DEF MAX_LABELS = 512
 
@@ -27,14 +27,6 @@ cdef struct Label:
     Py_ssize_t name_len
     Py_ssize_t value_at  # offset in the unescaped-values scratch buffer
     Py_ssize_t value_len
-
-
-cdef inline int varint_len(uint64_t v) noexcept:
-    cdef int n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
 
 
 cdef inline void put_varint(Buf* b, uint64_t v) noexcept:
@@ -145,20 +137,20 @@ cdef Py_ssize_t encode_line(
     size = 0
     for i in range(n):
         lsize = (
-            2 + varint_len(labels[i].name_len) + labels[i].name_len
-            + varint_len(labels[i].value_len) + labels[i].value_len
+            2 + varint_size(labels[i].name_len) + labels[i].name_len
+            + varint_size(labels[i].value_len) + labels[i].value_len
         )
-        size += 1 + varint_len(lsize) + lsize
-    lsize = 9 + 1 + varint_len(<uint64_t>ts)
-    size += 1 + varint_len(lsize) + lsize
+        size += 1 + varint_size(lsize) + lsize
+    lsize = 9 + 1 + varint_size(<uint64_t>ts)
+    size += 1 + varint_size(lsize) + lsize
     grow(out, 1 + 10 + size)
     out.data[out.len] = 0x0A  # WriteRequest.timeseries = 1
     out.len += 1
     put_varint(out, size)
     for i in range(n):
         lsize = (
-            2 + varint_len(labels[i].name_len) + labels[i].name_len
-            + varint_len(labels[i].value_len) + labels[i].value_len
+            2 + varint_size(labels[i].name_len) + labels[i].name_len
+            + varint_size(labels[i].value_len) + labels[i].value_len
         )
         out.data[out.len] = 0x0A  # TimeSeries.labels = 1
         out.len += 1
@@ -173,7 +165,7 @@ cdef Py_ssize_t encode_line(
         put_bytes(out, values.data + labels[i].value_at, labels[i].value_len)
     out.data[out.len] = 0x12  # TimeSeries.samples = 2
     out.len += 1
-    put_varint(out, 9 + 1 + varint_len(<uint64_t>ts))
+    put_varint(out, 9 + 1 + varint_size(<uint64_t>ts))
     out.data[out.len] = 0x09  # Sample.value = 1, fixed64
     out.len += 1
     memcpy(&bits, &value, 8)

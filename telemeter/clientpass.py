@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from telemeter._clientpass import Transforms
 from telemeter.transforms import DAY_MS, label_ok
 
-__all__ = ["ClientPass", "Transformed"]
+__all__ = ["ClientPass", "Cycle", "Transformed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,17 @@ class Transformed:
     families: int
     scraped: int  # samples in the scraped families
     dropped: int  # of those, dropped as invalid
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """What one push cycle brings to the transforms: the upload token's labels, the time (the
+    age check) and the limit on families (``--limit-bytes``, as the Go client has it)."""
+
+    token_labels: Mapping[str, str]
+    now_ms: int
+    max_families: int
+    max_age_ms: int = DAY_MS
 
 
 class ClientPass:
@@ -44,74 +55,37 @@ class ClientPass:
     ) -> None:
         self.labels, self.renames, self.salt = dict(labels), dict(renames), salt
         self.anonymize_labels = tuple(anonymize_labels)
-        labels_ok = all(label_ok(name, value) for name, value in labels.items())
-        self._fast = Transforms(self.renames, self.labels, self.anonymize_labels, salt, labels_ok)
+        self.labels_ok = all(label_ok(name, value) for name, value in labels.items())
+        self._fast = Transforms(self)
 
-    def run(
-        self,
-        data: bytes,
-        *,
-        token_labels: Mapping[str, str],
-        now_ms: int,
-        max_families: int,
-        max_age_ms: int = DAY_MS,
-    ) -> Transformed:
+    def run(self, data: bytes, cycle: Cycle) -> Transformed:
         """Transform ``data``; raise InvalidPayload or TooLarge as :func:`read_families` does."""
-        fast = self.compiled(
-            data,
-            token_labels=token_labels,
-            now_ms=now_ms,
-            max_families=max_families,
-            max_age_ms=max_age_ms,
-        )
-        if fast is not None:
-            return fast
-        return self.reference(
-            data,
-            token_labels=token_labels,
-            now_ms=now_ms,
-            max_families=max_families,
-            max_age_ms=max_age_ms,
-        )
+        return self.compiled(data, cycle) or self.reference(data, cycle)
 
-    def compiled(
-        self,
-        data: bytes,
-        *,
-        token_labels: Mapping[str, str],
-        now_ms: int,
-        max_families: int,
-        max_age_ms: int = DAY_MS,
-    ) -> Transformed | None:
+    def compiled(self, data: bytes, cycle: Cycle) -> Transformed | None:
         """The compiled pass alone: None where it does not cover ``data``."""
-        out = self._fast.run(data, token_labels, now_ms, max_age_ms, max_families)
+        out = self._fast.run(
+            data, cycle.token_labels, cycle.now_ms, cycle.max_age_ms, cycle.max_families
+        )
         return None if out is None else Transformed(*out)
 
-    def reference(
-        self,
-        data: bytes,
-        *,
-        token_labels: Mapping[str, str],
-        now_ms: int,
-        max_families: int,
-        max_age_ms: int = DAY_MS,
-    ) -> Transformed:
+    def reference(self, data: bytes, cycle: Cycle) -> Transformed:
         """The specification of :meth:`run`: decode, :func:`transform_families`, encode."""
         # Imported here: the client runs without protobuf unless the compiled pass declines
         # (docs/architecture.md, "The client's footprint").
         from telemeter.delimited import read_families, write_families
         from telemeter.transforms import transform_families
 
-        families = read_families(data, max_families=max_families)
+        families = read_families(data, max_families=cycle.max_families)
         result = transform_families(
             families,
             labels=self.labels,
             renames=self.renames,
             anonymize_labels=self.anonymize_labels,
             salt=self.salt,
-            token_labels=token_labels,
-            now_ms=now_ms,
-            max_age_ms=max_age_ms,
+            token_labels=cycle.token_labels,
+            now_ms=cycle.now_ms,
+            max_age_ms=cycle.max_age_ms,
         )
         return Transformed(
             body=write_families(result.families),

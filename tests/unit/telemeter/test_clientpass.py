@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telemeter import metrics_pb2
-from telemeter.clientpass import ClientPass, Transformed
+from telemeter.clientpass import ClientPass, Cycle, Transformed
 from telemeter.delimited import encode_varint, write_families
 from telemeter.errors import InvalidPayload
 
@@ -102,11 +102,10 @@ def _both(
     data: bytes, config: dict[str, Any], token_labels: dict[str, str]
 ) -> tuple[Transformed | None, Transformed | Exception]:
     transforms = ClientPass(salt="salt", **config)
-    fast = transforms.compiled(data, token_labels=token_labels, now_ms=NOW_MS, max_families=16)
+    cycle = Cycle(token_labels=token_labels, now_ms=NOW_MS, max_families=16)
+    fast = transforms.compiled(data, cycle)
     try:
-        reference: Transformed | Exception = transforms.reference(
-            data, token_labels=token_labels, now_ms=NOW_MS, max_families=16
-        )
+        reference: Transformed | Exception = transforms.reference(data, cycle)
     except InvalidPayload as exc:
         reference = exc
     return fast, reference

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemeter import metrics_pb2
-from telemeter.clientpass import ClientPass
+from telemeter.clientpass import ClientPass, Cycle
 from telemeter.delimited import write_families
 from telemeter.transforms import (
     DAY_MS,
@@ -88,9 +88,8 @@ def _compiled(
     transforms = ClientPass(
         labels=labels, renames=renames, anonymize_labels=anonymize_labels, salt="s1"
     )
-    out = transforms.compiled(
-        data, token_labels=token_labels, now_ms=now_ms, max_families=10**6, max_age_ms=max_age_ms
-    )
+    cycle = Cycle(token_labels, now_ms, max_families=10**6, max_age_ms=max_age_ms)
+    out = transforms.compiled(data, cycle)
     assert out is not None, "the compiled pass fell back to the reference"
     return out.body
 
