@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.common import fill, machine_description, median, out, rss_bytes, stack
+from bench.common import cpu_seconds, fill, machine_description, median, out, rss_bytes, stack
 from dev.launch import ServerHandle
 
 PIECE = 1 << 20  # bytes read from the answer at a time
@@ -35,6 +35,7 @@ class ScaleRun:
 
     encoding: str
     seconds: float
+    server_cpu_s: float
     bytes: int  # on the wire
     text_sha256: str  # of the text (inflated when gzip)
     rss_before: int
@@ -65,6 +66,7 @@ def fetch(server: ServerHandle, *, gzipped: bool) -> ScaleRun:
     size = 0
     reset_peak(pid)
     before = rss_bytes(pid)
+    cpu = cpu_seconds(pid)
     try:
         started = time.perf_counter()
         headers = {"Accept-Encoding": "gzip" if gzipped else "identity"}
@@ -84,7 +86,8 @@ def fetch(server: ServerHandle, *, gzipped: bool) -> ScaleRun:
         raise RuntimeError("the gzip answer is truncated")
     peak = peak_rss_bytes(pid)
     encoding = "gzip" if gzipped else "plain"
-    return ScaleRun(encoding, elapsed, size, digest.hexdigest(), before, peak)
+    cpu = cpu_seconds(pid) - cpu
+    return ScaleRun(encoding, elapsed, cpu, size, digest.hexdigest(), before, peak)
 
 
 def run(*, clusters: int, runs: int) -> tuple[list[ScaleRun], dict[str, float]]:
@@ -116,13 +119,17 @@ def report(results: Sequence[ScaleRun], clusters: int) -> None:
         mine = [r for r in results if r.encoding == encoding]
         out(
             f"  {encoding} runs: "
-            + ", ".join(f"{r.seconds:.2f} s peak {r.peak / 2**20:.0f} MiB" for r in mine)
+            + ", ".join(
+                f"{r.seconds:.2f} s (CPU {r.server_cpu_s:.2f}) peak {r.peak / 2**20:.0f} MiB"
+                for r in mine
+            )
         )
         peak = median([r.peak for r in mine])
         rise = median([r.peak - r.rss_before for r in mine])
         out(
             f"scale {encoding}: {clusters} clusters, median of {len(mine)}: "
-            f"{median([r.seconds for r in mine]):.2f} s, "
+            f"{median([r.seconds for r in mine]):.2f} s, server CPU "
+            f"{median([r.server_cpu_s for r in mine]):.2f} s, "
             f"{median([r.bytes for r in mine]) / 1e6:.1f} MB; server peak RSS "
             f"{peak / 2**20:.0f} MiB (from {median([r.rss_before for r in mine]) / 2**20:.0f}, "
             f"+{rise / 2**20:.0f} MiB, {rise / 2**20 / clusters * 1000:.1f} MiB per 1000 "

@@ -14,11 +14,18 @@ def unpack_snapshot(
     value: bytes, max_raw: int
 ) -> tuple[int, int, list[tuple[str, int, bytes]]]: ...
 def merge_snapshots(
-    values: list[bytes], oldest_ms: int, max_raw: int
+    values: list[bytes],
+    oldest_ms: int,
+    max_raw: int,
+    chunk: int,
+    compress: Callable[[memoryview], bytes],
 ) -> tuple[dict[str, list[Any]], int, int, int]: ...
+def inflate_segment(data: bytes, size: int) -> bytes: ...
 
 class FamilyText:
     clusters: int
+    size: int
+    segments: list[tuple[bytes, int, int]]
     def __len__(self) -> int: ...
     def __bytes__(self) -> bytes: ...
     def __buffer__(self, flags: int) -> memoryview: ...
