@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import functools
 import struct
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from isal import isal_zlib
@@ -33,6 +35,7 @@ from telemeter._snapshot import (
     inflate_segment,
     merge_snapshots,
     pack_snapshot,
+    raw_length,
     unpack_snapshot,
 )
 from telemeter.delimited import write_families
@@ -120,9 +123,11 @@ SIMPLE = (COUNTER, GAUGE, UNTYPED)  # types served together, as untyped when the
 # Below this many snapshots one thread merges them all; above, two halves merge in parallel
 # (the compiled merge inflates and copies without the GIL).
 PARALLEL_MIN = 64
-# Text a family's buffer holds before it is compressed into a segment: bounds a merge's memory
-# to about the compressed answer plus this much per family, type and half.
-CHUNK = 512 * 1024  # 256 KiB: gzip answer 15% larger than one stream, 512 KiB 8%, 1 MiB 3%
+# A merge of more text than this keeps at most CHUNK of a family's text (per type and half)
+# uncompressed: the rest is compressed into segments as it comes, so the merge holds about the
+# gzip answer. CHUNK trades the gzip answer's size for memory (docs/scale.md).
+SPILL_ABOVE = 128 * 2**20
+CHUNK = 512 * 1024
 FINAL_BLOCK = b"\x03\x00"  # an empty final deflate block (fixed Huffman, end of block)
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
 
@@ -138,12 +143,13 @@ def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
     otherwise only the texts of that type are. Texts left out are counted in ``conflicts`` (the
     exposition would not be valid with both).
     """
+    chunk = CHUNK if raw_length(values) > SPILL_ABOVE else MAX_RAW
     if len(values) < PARALLEL_MIN:
-        parts = [merge_snapshots(values, oldest_ms, MAX_RAW, CHUNK, _segment)]
+        parts = [merge_snapshots(values, oldest_ms, MAX_RAW, chunk, _segment)]
     else:
         half = len(values) // 2
-        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAX_RAW, CHUNK, _segment)
-        parts = [merge_snapshots(values[:half], oldest_ms, MAX_RAW, CHUNK, _segment)]
+        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAX_RAW, chunk, _segment)
+        parts = [merge_snapshots(values[:half], oldest_ms, MAX_RAW, chunk, _segment)]
         parts.append(second.result())
     merged = Merged()
     grouped: dict[str, list[Any]] = {}  # name -> [first kind, texts per kind]
@@ -214,31 +220,50 @@ def write_protobuf(merged: Merged) -> bytes:
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
+# Below this much text in the tails one thread compresses them all for a gzip answer.
+PARALLEL_GZIP_MIN = 4 * 1024 * 1024
 
 
 def write_gzip(merged: Merged) -> Iterator[bytes]:
     """The merged exposition as one gzip member, a family at a time.
 
-    The segments compressed during the merge are spliced in as they are (without their final
-    block), each after a full flush of the stream that compresses the rest (type lines and
-    tails), so neither refers to the other's data; the trailer's CRC-32 is combined from the
-    segments' CRCs and that of the rest.
+    The tails are compressed into segments too (two halves on two threads for a large answer),
+    then every segment is spliced in as it is (without its final block) after a full flush of
+    the stream that compresses the type lines, so neither refers to the other's data. The
+    trailer's CRC-32 is combined from the segments' CRCs and those of the type lines.
     """
+    _seal([text for _, texts in merged.families.values() for text in texts])
     stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
     crc = size = 0
     yield GZIP_HEADER
     for name, (kind, texts) in merged.families.items():
         line = _type_line(name, kind)
-        out: list[bytes | memoryview] = [stream.compress(line)]
+        out: list[bytes | memoryview] = [
+            stream.compress(line),
+            stream.flush(isal_zlib.Z_FULL_FLUSH),
+        ]
         crc, size = isal_zlib.crc32(line, crc), size + len(line)
         for text in texts:
-            if text.segments:
-                out.append(stream.flush(isal_zlib.Z_FULL_FLUSH))
             for data, length, data_crc in text.segments:
                 out.append(memoryview(data)[: -len(FINAL_BLOCK)])
                 crc, size = crc32_combine(crc, data_crc, length), size + length
-            tail = memoryview(text)
-            out.append(stream.compress(tail))
-            crc, size = isal_zlib.crc32(tail, crc), size + len(tail)
         yield b"".join(out)
     yield stream.flush(isal_zlib.Z_FINISH) + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def _seal(texts: list[Any]) -> None:
+    """Compress every text's tail into a segment; the second half (by size) on a worker."""
+    ends = list(accumulate(len(memoryview(text)) for text in texts))
+    if not ends or ends[-1] < PARALLEL_GZIP_MIN:
+        cut = len(texts)
+    else:
+        cut = bisect_left(ends, ends[-1] / 2) + 1
+    later = _POOL.submit(_seal_each, texts[cut:]) if cut < len(texts) else None
+    _seal_each(texts[:cut])
+    if later is not None:
+        later.result()
+
+
+def _seal_each(texts: list[Any]) -> None:
+    for text in texts:
+        text.seal(_segment)

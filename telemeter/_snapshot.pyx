@@ -306,11 +306,17 @@ cdef class FamilyText:
         """Compress the tail into a segment (``compress(buffer)``) and empty it."""
         cdef uint32_t crc
         cdef Py_ssize_t n = self.region.len
+        if n == 0:
+            return 0
         with nogil:
             crc = libdeflate_crc32(0, self.region.data, n)
         self.segments.append((compress(memoryview(self)), n, crc))
         self.region.len = 0
         return 0
+
+    def seal(self, compress):
+        """Compress the tail into a segment too: all of the text is then in `segments`."""
+        self.spill(compress)
 
     def __len__(self):
         return self.size
@@ -361,6 +367,16 @@ cdef struct Copy:
     tm_region *dst
     Py_ssize_t src
     Py_ssize_t size
+
+
+def raw_length(list values):
+    """The text the stored values inflate to, all together (as their heads say)."""
+    cdef Py_ssize_t total = 0
+    cdef bytes value
+    for value in values:
+        if framed(<const uint8_t *>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)):
+            total += <Py_ssize_t>get_be(<const uint8_t *>PyBytes_AS_STRING(value) + RAW_LEN_AT, 4)
+    return total
 
 
 def merge_snapshots(list values, int64_t oldest_ms, Py_ssize_t max_raw, Py_ssize_t chunk,

@@ -249,6 +249,7 @@ def test_gzip_with_segments_is_one_member_equal_to_plain(
     """Texts compressed into segments during the merge (every text, some, or none), spliced
     into the gzip answer: still one gzip member, CRC included."""
     monkeypatch.setattr(snapshot, "CHUNK", chunk)
+    monkeypatch.setattr(snapshot, "SPILL_ABOVE", 0)
     rng = random.Random(chunk)
     clusters = [{n: GAUGE for n in rng.sample("abcdefgh", 5)} for _ in range(80)]
     merged = snapshot.merge([snap(f"c{i}", fams) for i, fams in enumerate(clusters)])
@@ -343,14 +344,17 @@ def _reference_answer(values: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-@pytest.mark.parametrize("chunk", [1, 700, snapshot.CHUNK])
+@pytest.mark.parametrize("chunk", [1, 700, None])
 def test_streamed_answers_equal_the_reference_merge(
-    chunk: int, monkeypatch: pytest.MonkeyPatch
+    chunk: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Many clusters of several families, merged in halves with texts compressed into segments
-    of ``chunk`` bytes: the plain answer (sent a segment at a time), the gzip one and the
-    protobuf one are those of the reference merge, byte for byte."""
-    monkeypatch.setattr(snapshot, "CHUNK", chunk)
+    of ``chunk`` bytes (None: the defaults, under which so little text is not compressed): the
+    plain answer (sent a segment at a time), the gzip one and the protobuf one are those of the
+    reference merge, byte for byte."""
+    if chunk is not None:
+        monkeypatch.setattr(snapshot, "CHUNK", chunk)
+        monkeypatch.setattr(snapshot, "SPILL_ABOVE", 0)
     values = []
     for i in range(150):
         text = PROTOBUF_TEXT.replace("temp gauge", "temp counter") if i % 7 == 3 else PROTOBUF_TEXT
@@ -359,8 +363,9 @@ def test_streamed_answers_equal_the_reference_merge(
     expected = _reference_answer(values)
     pieces = list(snapshot.write_plain(merged))
     assert b"".join(pieces) == expected and snapshot.plain_length(merged) == len(expected)
-    if chunk < snapshot.CHUNK:
+    spilled = any(text.segments for _, texts in merged.families.values() for text in texts)
+    assert spilled == (chunk is not None)
+    if chunk is not None:
         assert max(map(len, pieces)) <= chunk + 200  # sent a segment (and one text) at a time
-        assert any(text.segments for _, texts in merged.families.values() for text in texts)
     assert gzip.decompress(b"".join(snapshot.write_gzip(merged))) == expected
     assert snapshot.write_protobuf(merged) == write_families(parse_text(expected))
