@@ -8,10 +8,11 @@ independent segment per family, because the label sets repeat across families.
 
 `/federate` inflates each snapshot once (libdeflate, exact size known), appends each family's
 text to that family's buffer (compiled, `_snapshot.merge_snapshots`), and writes every family
-once under its ``# TYPE`` line: plain, or as one gzip member. A family's buffer holds at most
-`CHUNK` bytes of text; each full chunk is compressed into a segment (ISA-L), so a merge holds
-about the gzip answer, not the text: the plain answer inflates the segments one at a time as it
-is sent, the gzip answer splices them in (docs/architecture.md, "/federate").
+once under its ``# TYPE`` line: plain, or as one gzip member. In a merge of more than
+`SPILL_ABOVE` of text a family's buffer holds at most `CHUNK` bytes; each full chunk is
+compressed into a segment (ISA-L), so the merge holds about the gzip answer, not the text: the
+plain answer inflates the segments one at a time as it is sent, the gzip answer splices them
+in (docs/architecture.md, "/federate"; docs/scale.md).
 
 The layout of the stored value is defined once, in telemeter/_snapshot.pxd; the compiled module
 packs, unpacks and merges it, and nothing here knows where a field is.
