@@ -230,13 +230,11 @@ def create_internal_app(rt: Runtime) -> FastAPI:
                 media_type=TEXT_CONTENT_TYPE,
                 headers={"Content-Encoding": "gzip"},
             )
-        parts = list(snapshot.write_plain(merged))
-        # The length is known: the answer is sent whole, not in chunks.
-        length = sum(len(part) for part in parts)
+        # The length is known: the answer is sent whole, not in chunks, a segment at a time.
         return StreamingResponse(
-            _stream(iter(parts)),
+            _stream(snapshot.write_plain(merged)),
             media_type=TEXT_CONTENT_TYPE,
-            headers={"Content-Length": str(length)},
+            headers={"Content-Length": str(snapshot.plain_length(merged))},
         )
 
     return app

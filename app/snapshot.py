@@ -8,7 +8,11 @@ independent segment per family, because the label sets repeat across families.
 
 `/federate` inflates each snapshot once (libdeflate, exact size known), appends each family's
 text to that family's buffer (compiled, `_snapshot.merge_snapshots`), and writes every family
-once under its ``# TYPE`` line: plain, or compressed as one gzip member by ISA-L as it is sent.
+once under its ``# TYPE`` line: plain, or as one gzip member. In a merge of more than
+`SPILL_ABOVE` of text a family's buffer holds at most `CHUNK` bytes; each full chunk is
+compressed into a segment (ISA-L), so the merge holds about the gzip answer, not the text: the
+plain answer inflates the segments one at a time as it is sent, the gzip answer splices them
+in (docs/architecture.md, "/federate"; docs/scale.md).
 
 The layout of the stored value is defined once, in telemeter/_snapshot.pxd; the compiled module
 packs, unpacks and merges it, and nothing here knows where a field is.
@@ -27,7 +31,14 @@ from typing import Any
 
 from isal import isal_zlib
 
-from telemeter._snapshot import crc32_combine, merge_snapshots, pack_snapshot, unpack_snapshot
+from telemeter._snapshot import (
+    crc32_combine,
+    inflate_segment,
+    merge_snapshots,
+    pack_snapshot,
+    raw_length,
+    unpack_snapshot,
+)
 from telemeter.delimited import write_families
 from telemeter.errors import TelemeterError
 from telemeter.exposition import TYPE_NAMES, escape_label_value, format_value
@@ -113,6 +124,12 @@ SIMPLE = (COUNTER, GAUGE, UNTYPED)  # types served together, as untyped when the
 # Below this many snapshots one thread merges them all; above, two halves merge in parallel
 # (the compiled merge inflates and copies without the GIL).
 PARALLEL_MIN = 64
+# A merge of more text than this keeps at most CHUNK of a family's text (per type and half)
+# uncompressed: the rest is compressed into segments as it comes, so the merge holds about the
+# gzip answer. CHUNK trades the gzip answer's size for memory (docs/scale.md).
+SPILL_ABOVE = 128 * 2**20
+CHUNK = 512 * 1024
+FINAL_BLOCK = b"\x03\x00"  # an empty final deflate block (fixed Huffman, end of block)
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
 
 
@@ -127,12 +144,14 @@ def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
     otherwise only the texts of that type are. Texts left out are counted in ``conflicts`` (the
     exposition would not be valid with both).
     """
+    chunk = CHUNK if raw_length(values) > SPILL_ABOVE else MAX_RAW
     if len(values) < PARALLEL_MIN:
-        parts = [merge_snapshots(values, oldest_ms, MAX_RAW)]
+        parts = [merge_snapshots(values, oldest_ms, MAX_RAW, chunk, _segment)]
     else:
         half = len(values) // 2
-        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAX_RAW)
-        parts = [merge_snapshots(values[:half], oldest_ms, MAX_RAW), second.result()]
+        second = _POOL.submit(merge_snapshots, values[half:], oldest_ms, MAX_RAW, chunk, _segment)
+        parts = [merge_snapshots(values[:half], oldest_ms, MAX_RAW, chunk, _segment)]
+        parts.append(second.result())
     merged = Merged()
     grouped: dict[str, list[Any]] = {}  # name -> [first kind, texts per kind]
     for families, clusters, series, corrupt in parts:
@@ -157,22 +176,42 @@ def merge(values: list[bytes], *, oldest_ms: int = 0) -> Merged:
     return merged
 
 
+def _segment(text: memoryview) -> bytes:
+    """A chunk of a family's text as raw deflate that inflates alone and splices into a longer
+    stream: ending with a sync flush, then an empty final block (ISA-L releases the GIL)."""
+    stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
+    return stream.compress(text) + stream.flush(isal_zlib.Z_SYNC_FLUSH) + FINAL_BLOCK
+
+
 def _type_line(name: str, kind: int) -> bytes:
     return f"# TYPE {name} {TYPE_NAMES.get(kind, 'untyped')}\n".encode()
 
 
+def plain_length(merged: Merged) -> int:
+    """The length of the plain answer (sent with a ``Content-Length``)."""
+    return sum(
+        len(_type_line(name, kind)) + sum(map(len, texts))
+        for name, (kind, texts) in merged.families.items()
+    )
+
+
 def write_plain(merged: Merged) -> Iterator[bytes | memoryview]:
-    """The merged exposition as plain text (the family buffers are sent without a copy)."""
+    """The merged exposition as plain text, a segment's text at a time (tails without a copy)."""
     for name, (kind, texts) in merged.families.items():
         yield _type_line(name, kind)
         for text in texts:
-            yield memoryview(text)
+            for data, size, _ in text.segments:
+                yield inflate_segment(data, size)
+            tail = memoryview(text)
+            if len(tail):
+                yield tail
 
 
 def write_protobuf(merged: Merged) -> bytes:
     """The merged families as delimited protobuf, built from each family's name, type and
-    lines (no text exposition written and parsed back). Raises InvalidPayload when a stored
-    text is not made of sample lines. A gauge histogram is answered as a histogram, as in text."""
+    lines (no text exposition written and parsed back), one family's text inflated at a time.
+    Raises InvalidPayload when a stored text is not made of sample lines. A gauge histogram is
+    answered as a histogram, as in text."""
     return write_families(
         family_from_lines(
             name, HISTOGRAM if kind == GAUGE_HISTOGRAM else kind, b"".join(map(bytes, texts))
@@ -182,50 +221,50 @@ def write_protobuf(merged: Merged) -> bytes:
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
-# Below this much text one thread compresses all of a gzip answer.
+# Below this much text in the tails one thread compresses them all for a gzip answer.
 PARALLEL_GZIP_MIN = 4 * 1024 * 1024
 
 
-def _deflate(families: list[tuple[str, list[Any]]], *, final: bool) -> tuple[list[bytes], int, int]:
-    """Raw deflate of some families' text (ending with a full flush unless ``final``), with the
-    CRC-32 and length of that text. ISA-L releases the GIL while it compresses."""
-    stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
-    out: list[bytes] = []
-    crc = size = 0
-    for name, (kind, texts) in families:
-        for part in (_type_line(name, kind), *texts):
-            out.append(stream.compress(part))
-            crc = isal_zlib.crc32(part, crc)
-            size += len(part)
-    out.append(stream.flush(isal_zlib.Z_FINISH if final else isal_zlib.Z_FULL_FLUSH))
-    return out, crc, size
-
-
 def write_gzip(merged: Merged) -> Iterator[bytes]:
-    """The merged exposition as one gzip member, compressed by ISA-L as it is written.
+    """The merged exposition as one gzip member, a family at a time.
 
-    A large answer is cut in two at a family boundary; the second part is compressed on a
-    worker thread meanwhile. The first part ends with a full flush, so the second needs none of
-    its data, and the trailer's CRC-32 is combined from the two parts' CRCs.
+    The tails are compressed into segments too (two halves on two threads for a large answer),
+    then every segment is spliced in as it is (without its final block) after a full flush of
+    the stream that compresses the type lines, so neither refers to the other's data. The
+    trailer's CRC-32 is combined from the segments' CRCs and those of the type lines.
     """
-    families = list(merged.families.items())
-    ends = list(accumulate(sum(map(len, texts)) for _, (_, texts) in families))
-    total = ends[-1] if ends else 0
-    cut = bisect_left(ends, total / 2) + 1 if total >= PARALLEL_GZIP_MIN else len(families)
-    out, crc, size = (
-        _deflate(families, final=True)  # small, or one family holds most of it: one part
-        if cut >= len(families)
-        else _deflate_in_two(families[:cut], families[cut:])
-    )
-    yield GZIP_HEADER + b"".join(out)
-    yield struct.pack("<II", crc, size & 0xFFFFFFFF)
+    _seal([text for _, texts in merged.families.values() for text in texts])
+    stream = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, RAW_DEFLATE)
+    crc = size = 0
+    yield GZIP_HEADER
+    for name, (kind, texts) in merged.families.items():
+        line = _type_line(name, kind)
+        out: list[bytes | memoryview] = [
+            stream.compress(line),
+            stream.flush(isal_zlib.Z_FULL_FLUSH),
+        ]
+        crc, size = isal_zlib.crc32(line, crc), size + len(line)
+        for text in texts:
+            for data, length, data_crc in text.segments:
+                out.append(memoryview(data)[: -len(FINAL_BLOCK)])
+                crc, size = crc32_combine(crc, data_crc, length), size + length
+        yield b"".join(out)
+    yield stream.flush(isal_zlib.Z_FINISH) + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
-def _deflate_in_two(
-    first: list[tuple[str, list[Any]]], second: list[tuple[str, list[Any]]]
-) -> tuple[list[bytes], int, int]:
-    """`_deflate` of first + second, the second part on a worker thread meanwhile."""
-    later = _POOL.submit(_deflate, second, final=True)
-    out, crc, size = _deflate(first, final=False)
-    out2, crc2, size2 = later.result()
-    return out + out2, crc32_combine(crc, crc2, size2), size + size2
+def _seal(texts: list[Any]) -> None:
+    """Compress every text's tail into a segment; the second half (by size) on a worker."""
+    ends = list(accumulate(len(memoryview(text)) for text in texts))
+    if not ends or ends[-1] < PARALLEL_GZIP_MIN:
+        cut = len(texts)
+    else:
+        cut = bisect_left(ends, ends[-1] / 2) + 1
+    later = _POOL.submit(_seal_each, texts[cut:]) if cut < len(texts) else None
+    _seal_each(texts[:cut])
+    if later is not None:
+        later.result()
+
+
+def _seal_each(texts: list[Any]) -> None:
+    for text in texts:
+        text.seal(_segment)

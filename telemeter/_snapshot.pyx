@@ -3,7 +3,10 @@
 for `/federate` (app/snapshot.py; the layout is in _snapshot.pxd; docs/architecture.md, D4).
 
 The merge inflates each snapshot once (libdeflate, exact size known) and appends each family's
-text to that family's `FamilyText`, with no Python work per family per cluster.
+text to that family's `FamilyText`, with no Python work per family per cluster. A `FamilyText`
+holds at most a chunk of text uncompressed: a full chunk is compressed into a segment, so a
+merge of many clusters holds about the compressed size of the answer, not its text
+(docs/architecture.md, "/federate").
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -25,6 +28,7 @@ cdef extern from "libdeflate.h":
     void libdeflate_free_decompressor(libdeflate_decompressor *d)
     int libdeflate_deflate_decompress(libdeflate_decompressor *d, const void *src, size_t src_len,
                                       void *out, size_t out_len, size_t *actual) nogil
+    uint32_t libdeflate_crc32(uint32_t crc, const void *buffer, size_t len) nogil
 
 
 cdef extern from *:
@@ -279,35 +283,84 @@ cdef char _EMPTY[1]
 
 
 cdef class FamilyText:
-    """One family's text from many snapshots, read through the buffer protocol (`bytes(t)`,
-    `memoryview(t)`), in memory that is given back to the system when it is dropped."""
+    """One family's text from many snapshots: compressed segments, then a tail of at most a
+    chunk not compressed yet. ``bytes(t)`` is all of the text; the buffer protocol
+    (``memoryview(t)``) reads the tail alone, in memory given back to the system when it is
+    dropped. ``segments`` lists ``(deflate, text length, CRC-32 of the text)``: each segment is
+    raw deflate ending with a sync flush and then an empty final block (its last two bytes), so
+    it inflates alone (`inflate_segment`) and, without those two bytes, can be spliced into a
+    longer stream after a full flush."""
 
     cdef tm_region region
+    cdef readonly list segments
     cdef readonly Py_ssize_t clusters  # how many snapshots' texts are in it
+    cdef readonly Py_ssize_t size  # the length of all its text
+
+    def __cinit__(self):
+        self.segments = []
 
     def __dealloc__(self):
         tm_region_free(&self.region)
 
-    cdef int put(self, const char *src, size_t n) except -1:
-        if tm_region_put(&self.region, src, n) != 0:
-            raise MemoryError()
+    cdef int spill(self, object compress) except -1:
+        """Compress the tail into a segment (``compress(buffer)``) and empty it."""
+        cdef uint32_t crc
+        cdef Py_ssize_t n = self.region.len
+        if n == 0:
+            return 0
+        with nogil:
+            crc = libdeflate_crc32(0, self.region.data, n)
+        self.segments.append((compress(memoryview(self)), n, crc))
+        self.region.len = 0
         return 0
 
+    def seal(self, compress):
+        """Compress the tail into a segment too: all of the text is then in `segments`."""
+        self.spill(compress)
+
     def __len__(self):
-        return self.region.len
+        return self.size
 
     def __bytes__(self):
-        return PyBytes_FromStringAndSize(self.region.data, self.region.len)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, self.size)
+        cdef char *p = PyBytes_AS_STRING(out)
+        for data, n, _ in self.segments:
+            inflate_raw(data, p, n)
+            p += <Py_ssize_t>n
+        memcpy(p, self.region.data, self.region.len)
+        return out
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         cdef char *data = self.region.data
-        if data == NULL:  # an empty text (never handed out by the merge) needs a valid pointer
+        if data == NULL:  # an empty tail needs a valid pointer
             data = _EMPTY
         PyBuffer_FillInfo(view, self, data, self.region.len, 1, flags)
 
     def __releasebuffer__(self, Py_buffer *view):
         pass
 
+
+cdef int inflate_raw(bytes data, char *out, Py_ssize_t size) except -1:
+    """Inflate a whole raw deflate stream to exactly size bytes at out."""
+    cdef int status
+    cdef const char *src = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef libdeflate_decompressor *inflater = libdeflate_alloc_decompressor()
+    if inflater == NULL:
+        raise MemoryError()
+    with nogil:
+        status = libdeflate_deflate_decompress(inflater, src, n, out, size, NULL)
+    libdeflate_free_decompressor(inflater)
+    if status != 0:
+        raise ValueError(f"invalid segment (libdeflate status {status})")
+    return 0
+
+
+def inflate_segment(bytes data, Py_ssize_t size):
+    """The text of a `FamilyText` segment (``size`` bytes)."""
+    out = PyBytes_FromStringAndSize(NULL, size)
+    inflate_raw(data, PyBytes_AS_STRING(out), size)
+    return out
 
 
 cdef struct Copy:
@@ -316,11 +369,24 @@ cdef struct Copy:
     Py_ssize_t size
 
 
-def merge_snapshots(list values, int64_t oldest_ms, Py_ssize_t max_raw):
+def raw_length(list values):
+    """The text the stored values inflate to, all together (as their heads say)."""
+    cdef Py_ssize_t total = 0
+    cdef bytes value
+    for value in values:
+        if framed(<const uint8_t *>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)):
+            total += <Py_ssize_t>get_be(<const uint8_t *>PyBytes_AS_STRING(value) + RAW_LEN_AT, 4)
+    return total
+
+
+def merge_snapshots(list values, int64_t oldest_ms, Py_ssize_t max_raw, Py_ssize_t chunk,
+                    object compress):
     """Group the family texts of stored snapshots per family and type (app.snapshot).
 
     Each value is inflated once by libdeflate into one reused buffer, and each family's text is
-    appended to the `FamilyText` of its (family, type). Returns ``(families, clusters, series,
+    appended to the `FamilyText` of its (family, type); a tail that would grow past ``chunk``
+    bytes is first compressed into a segment by ``compress(buffer)`` (raw deflate ending with a
+    sync flush, then an empty final block). Returns ``(families, clusters, series,
     corrupt)`` where ``families`` maps a family name, in the order first seen, to a list indexed
     by type of `FamilyText` or None, followed by the type seen first. Snapshots pushed before
     ``oldest_ms`` are skipped; values that do not inflate or parse, or inflate to more than
@@ -412,7 +478,12 @@ def merge_snapshots(list values, int64_t oldest_ms, Py_ssize_t max_raw):
                 if text is None:
                     text = FamilyText()
                     texts[e.kind] = text
+                if text.region.len and text.region.len + e.text_len > chunk:
+                    # What copies of this snapshot are pending for it come after the spilled text
+                    # in any case: the order holds.
+                    text.spill(compress)
                 text.clusters += 1
+                text.size += e.text_len
                 copies[ncopies].dst = &text.region
                 copies[ncopies].src = text_pos
                 copies[ncopies].size = e.text_len

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from app import snapshot
 from telemeter import metrics_pb2
 from telemeter.delimited import read_families, write_families
+from telemeter.exposition import TYPE_NAMES
 from telemeter.selectors import Whitelist
 from telemeter.textparse import parse_text
 from telemeter.upload import PassConfig, process
@@ -241,16 +242,19 @@ def test_merge_in_halves_matches_the_rule_at_every_size(count: int, seed: int) -
     assert zlib.decompressobj(31).decompress(b"".join(snapshot.write_gzip(merged))) == plain
 
 
-@pytest.mark.parametrize("threshold", [0, 1, 10**9])
-def test_gzip_in_two_parts_is_one_member_equal_to_plain(
-    threshold: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("chunk", [1, 64, 10**9])
+def test_gzip_with_segments_is_one_member_equal_to_plain(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Compressed in two parts on two threads (or one): still one gzip member, CRC included."""
-    monkeypatch.setattr(snapshot, "PARALLEL_GZIP_MIN", threshold)
-    rng = random.Random(threshold)
+    """Texts compressed into segments during the merge (every text, some, or none), spliced
+    into the gzip answer: still one gzip member, CRC included."""
+    monkeypatch.setattr(snapshot, "CHUNK", chunk)
+    monkeypatch.setattr(snapshot, "SPILL_ABOVE", 0)
+    rng = random.Random(chunk)
     clusters = [{n: GAUGE for n in rng.sample("abcdefgh", 5)} for _ in range(80)]
     merged = snapshot.merge([snap(f"c{i}", fams) for i, fams in enumerate(clusters)])
     plain = b"".join(snapshot.write_plain(merged))
+    assert len(plain) == snapshot.plain_length(merged)
     body = b"".join(snapshot.write_gzip(merged))
     first_member = zlib.decompressobj(31)
     assert first_member.decompress(body) == plain and first_member.eof
@@ -318,3 +322,50 @@ def test_protobuf_answer_is_the_text_answer_parsed() -> None:
     assert read_families(snapshot.write_protobuf(merged), max_families=100)[0].name == (
         "http_requests_total"
     )
+
+
+def _reference_answer(values: list[bytes]) -> bytes:
+    """The plain answer, plainly: families in the order first seen, each under one ``# TYPE``
+    line; its texts per served type (counter, gauge, untyped for the simple ones), each type's
+    in the order of the snapshots."""
+    first: dict[str, int] = {}
+    texts: dict[str, list[tuple[int, bytes]]] = {}
+    for value in values:
+        for family in snapshot.decode(value).families:
+            first.setdefault(family.name, family.kind)
+            texts.setdefault(family.name, []).append((family.kind, family.text))
+    out = []
+    for name, kind in first.items():
+        allowed = snapshot.SIMPLE if kind in snapshot.SIMPLE else (kind,)
+        kept = {k for k, _ in texts[name] if k in allowed}
+        served = kind if kept == {kind} else snapshot.UNTYPED
+        out.append(f"# TYPE {name} {TYPE_NAMES.get(served, 'untyped')}\n".encode())
+        out += [text for k in allowed for kk, text in texts[name] if kk == k]
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("chunk", [1, 700, None])
+def test_streamed_answers_equal_the_reference_merge(
+    chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many clusters of several families, merged in halves with texts compressed into segments
+    of ``chunk`` bytes (None: the defaults, under which so little text is not compressed): the
+    plain answer (sent a segment at a time), the gzip one and the protobuf one are those of the
+    reference merge, byte for byte."""
+    if chunk is not None:
+        monkeypatch.setattr(snapshot, "CHUNK", chunk)
+        monkeypatch.setattr(snapshot, "SPILL_ABOVE", 0)
+    values = []
+    for i in range(150):
+        text = PROTOBUF_TEXT.replace("temp gauge", "temp counter") if i % 7 == 3 else PROTOBUF_TEXT
+        values.append(_uploaded(f"c{i}", text if i % 5 else text + "# TYPE x gauge\nx 1\n", i))
+    merged = snapshot.merge(values)
+    expected = _reference_answer(values)
+    pieces = list(snapshot.write_plain(merged))
+    assert b"".join(pieces) == expected and snapshot.plain_length(merged) == len(expected)
+    spilled = any(text.segments for _, texts in merged.families.values() for text in texts)
+    assert spilled == (chunk is not None)
+    if chunk is not None:
+        assert max(map(len, pieces)) <= chunk + 200  # sent a segment (and one text) at a time
+    assert gzip.decompress(b"".join(snapshot.write_gzip(merged))) == expected
+    assert snapshot.write_protobuf(merged) == write_families(parse_text(expected))

@@ -1,0 +1,156 @@
+"""Scale: one pod's ``/federate`` of many clusters (default 10k): time, size and peak RSS.
+
+One server (one pod, so it serves every ring range) on the Redis Cluster; ``--clusters``
+clusters of the standard payload are pushed through ``/upload`` (each a worker of the benchmark
+tool pushing once), then ``/federate`` is fetched plain and gzip, alternately, ``--runs`` times.
+Before each fetch the server's peak RSS is reset (``5`` written to ``/proc/PID/clear_refs``), so
+``VmHWM`` after it is the peak of that answer alone. The answer is read in pieces, then hashed
+(the gzip one inflated) once the clock has stopped: plain and gzip must give the same text.
+docs/scale.md quotes the figures.
+
+    python -m bench.scale [--clusters 10000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.common import cpu_seconds, fill, machine_description, median, out, rss_bytes, stack
+from dev.launch import ServerHandle
+
+PIECE = 1 << 20  # bytes read from the answer at a time
+
+
+@dataclass(frozen=True)
+class ScaleRun:
+    """One ``/federate`` request."""
+
+    encoding: str
+    seconds: float
+    server_cpu_s: float
+    bytes: int  # on the wire
+    text_sha256: str  # of the text (inflated when gzip)
+    rss_before: int
+    peak: int  # VmHWM after the answer, reset before it
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set size since start or the last `reset_peak`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    """Set the process's peak RSS back to its current RSS (Linux 4.0+, proc(5) clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5\n")
+
+
+def fetch(server: ServerHandle, *, gzipped: bool) -> ScaleRun:
+    """GET /federate, reading the answer in pieces; time, size, text hash and the peak RSS."""
+    pid = server.process.pid
+    parts = urlsplit(server.internal)
+    assert parts.hostname is not None and parts.port is not None
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    pieces: list[bytes] = []
+    reset_peak(pid)
+    before = rss_bytes(pid)
+    cpu = cpu_seconds(pid)
+    try:
+        started = time.perf_counter()
+        headers = {"Accept-Encoding": "gzip" if gzipped else "identity"}
+        conn.request("GET", "/federate", headers=headers)
+        answer = conn.getresponse()
+        if answer.status != 200:
+            raise RuntimeError(f"/federate answered {answer.status}: {answer.read(200)!r}")
+        if gzipped != (answer.getheader("Content-Encoding") == "gzip"):
+            raise RuntimeError("/federate did not answer the encoding asked for")
+        while piece := answer.read(PIECE):
+            pieces.append(piece)
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+    cpu = cpu_seconds(pid) - cpu
+    peak = peak_rss_bytes(pid)
+    digest = hashlib.sha256()
+    inflate = zlib.decompressobj(31)
+    for piece in pieces:  # after the clock stopped: the reader's work is not the answer's time
+        digest.update(inflate.decompress(piece) if gzipped else piece)
+    if gzipped and not inflate.eof:
+        raise RuntimeError("the gzip answer is truncated")
+    encoding = "gzip" if gzipped else "plain"
+    size = sum(map(len, pieces))
+    return ScaleRun(encoding, elapsed, cpu, size, digest.hexdigest(), before, peak)
+
+
+def run(*, clusters: int, runs: int) -> tuple[list[ScaleRun], dict[str, float]]:
+    """Fill ``clusters`` clusters, then ``runs`` plain and gzip fetches; the fetches and the
+    server's RSS (MiB) and fill time (s) at points of interest."""
+    with stack() as bench:
+        server = bench.start_server("scale", extra_args=["--ratelimit", "0s"])
+        bench.wait_serving_all(server)
+        pid = server.process.pid
+        facts = {"RSS before fill MiB": rss_bytes(pid) / 2**20}
+        began = time.monotonic()
+        fill(server, clusters)
+        facts["fill s"] = time.monotonic() - began
+        facts["RSS after fill MiB"] = rss_bytes(pid) / 2**20
+        facts["Redis used_memory MiB"] = bench.used_memory() / 2**20
+        results = []
+        for _ in range(runs):
+            for gzipped in (False, True):
+                results.append(fetch(server, gzipped=gzipped))
+        facts["RSS after fetches MiB"] = rss_bytes(pid) / 2**20
+    if len({r.text_sha256 for r in results}) != 1:
+        raise RuntimeError("the answers differ (plain and gzip, or between runs)")
+    return results, facts
+
+
+def report(results: Sequence[ScaleRun], clusters: int, idle_rss_mib: float) -> None:
+    """Print each run and the medians per encoding; the peak per 1000 clusters is the peak's
+    rise over the pod's RSS before any cluster was stored."""
+    for encoding in ("plain", "gzip"):
+        mine = [r for r in results if r.encoding == encoding]
+        out(
+            f"  {encoding} runs: "
+            + ", ".join(
+                f"{r.seconds:.2f} s (CPU {r.server_cpu_s:.2f}) peak {r.peak / 2**20:.0f} MiB"
+                for r in mine
+            )
+        )
+        peak = median([r.peak for r in mine])
+        rise = peak / 2**20 - idle_rss_mib
+        out(
+            f"scale {encoding}: {clusters} clusters, median of {len(mine)}: "
+            f"{median([r.seconds for r in mine]):.2f} s, server CPU "
+            f"{median([r.server_cpu_s for r in mine]):.2f} s, "
+            f"{median([r.bytes for r in mine]) / 1e6:.1f} MB; server peak RSS "
+            f"{peak / 2**20:.0f} MiB (RSS {median([r.rss_before for r in mine]) / 2**20:.0f} MiB "
+            f"before it; {rise:.0f} MiB over the idle pod, {rise / clusters * 1000:.1f} MiB per "
+            f"1000 clusters); target <= 400 MiB {'met' if peak <= 400 * 2**20 else 'missed'}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: fill, fetch, print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clusters", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    out(f"machine: {machine_description()}")
+    results, facts = run(clusters=args.clusters, runs=args.runs)
+    out("  " + ", ".join(f"{k} {v:.0f}" for k, v in facts.items()))
+    report(results, args.clusters, facts["RSS before fill MiB"])
+
+
+if __name__ == "__main__":
+    main()
