@@ -8,7 +8,12 @@ Before each fetch the server's peak RSS is reset (``5`` written to ``/proc/PID/c
 (the gzip one inflated) once the clock has stopped: plain and gzip must give the same text.
 docs/scale.md quotes the figures.
 
-    python -m bench.scale [--clusters 10000] [--runs 3]
+With ``--pods 3,6`` pods join after the fill up to each count and the ring settles
+(``bench.ring_settle``); then each pod's ``/federate`` (its share of the ring) is fetched in
+turn, and the figures are the slowest pod's time and the highest pod's peak.
+
+    python -m bench.scale [--clusters 10000] [--runs 3] [--pods 1]
+    python -m bench.scale --clusters 100000 --runs 1 --pods 3,6
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.common import cpu_seconds, fill, machine_description, median, out, rss_bytes, stack
+from bench.ring_settle import wait_settled
 from dev.launch import ServerHandle
 
 PIECE = 1 << 20  # bytes read from the answer at a time
+STEADY_S = 1.0  # after the ring settles, before the fetches (the benchmarks' heartbeat is 0.5 s)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class ScaleRun:
     """One ``/federate`` request."""
 
     encoding: str
+    pod: str
     seconds: float
     server_cpu_s: float
     bytes: int  # on the wire
@@ -89,12 +97,16 @@ def fetch(server: ServerHandle, *, gzipped: bool) -> ScaleRun:
         raise RuntimeError("the gzip answer is truncated")
     encoding = "gzip" if gzipped else "plain"
     size = sum(map(len, pieces))
-    return ScaleRun(encoding, elapsed, cpu, size, digest.hexdigest(), before, peak)
+    return ScaleRun(encoding, server.name, elapsed, cpu, size, digest.hexdigest(), before, peak)
 
 
-def run(*, clusters: int, runs: int) -> tuple[list[ScaleRun], dict[str, float]]:
-    """Fill ``clusters`` clusters, then ``runs`` plain and gzip fetches; the fetches and the
-    server's RSS (MiB) and fill time (s) at points of interest."""
+def run(
+    *, clusters: int, runs: int, pods: Sequence[int] = (1,)
+) -> tuple[dict[int, list[ScaleRun]], dict[str, float]]:
+    """Fill ``clusters`` clusters, then for each count of ``pods`` (pods join up to it and the
+    ring settles) ``runs`` plain and gzip fetches from every pod; the fetches by pod count and
+    the first pod's RSS (MiB), the fill and settle times (s)."""
+    by_pods: dict[int, list[ScaleRun]] = {}
     with stack() as bench:
         server = bench.start_server("scale", extra_args=["--ratelimit", "0s"])
         bench.wait_serving_all(server)
@@ -105,39 +117,54 @@ def run(*, clusters: int, runs: int) -> tuple[list[ScaleRun], dict[str, float]]:
         facts["fill s"] = time.monotonic() - began
         facts["RSS after fill MiB"] = rss_bytes(pid) / 2**20
         facts["Redis used_memory MiB"] = bench.used_memory() / 2**20
-        results = []
-        for _ in range(runs):
-            for gzipped in (False, True):
-                results.append(fetch(server, gzipped=gzipped))
+        everyone = [server]
+        for count in pods:
+            if count > len(everyone):
+                began = time.monotonic()
+                everyone += [bench.start_server(f"scale-{i}") for i in range(len(everyone), count)]
+                facts[f"settle at {count} pods s"] = wait_settled(everyone, began)
+                time.sleep(STEADY_S)  # two heartbeats more: the assignment holds still
+                wait_settled(everyone, time.monotonic())
+            results = by_pods[count] = []
+            for _ in range(runs):
+                for gzipped in (False, True):
+                    results += [fetch(pod, gzipped=gzipped) for pod in everyone]
+            for pod in everyone:
+                if len({r.text_sha256 for r in results if r.pod == pod.name}) != 1:
+                    raise RuntimeError(f"{pod.name}: the answers differ (plain and gzip, or runs)")
         facts["RSS after fetches MiB"] = rss_bytes(pid) / 2**20
-    if len({r.text_sha256 for r in results}) != 1:
-        raise RuntimeError("the answers differ (plain and gzip, or between runs)")
-    return results, facts
+    return by_pods, facts
 
 
 def report(results: Sequence[ScaleRun], clusters: int, idle_rss_mib: float) -> None:
-    """Print each run and the medians per encoding; the peak per 1000 clusters is the peak's
-    rise over the pod's RSS before any cluster was stored."""
+    """Print each run and the medians per encoding (with several pods, of the slowest pod's time
+    and the highest pod's peak); the peak per 1000 clusters is the peak's rise over the pod's RSS
+    before any cluster was stored, over the clusters a pod serves."""
+    pods = len({r.pod for r in results})
+    per_pod = clusters / pods
     for encoding in ("plain", "gzip"):
         mine = [r for r in results if r.encoding == encoding]
-        out(
-            f"  {encoding} runs: "
-            + ", ".join(
-                f"{r.seconds:.2f} s (CPU {r.server_cpu_s:.2f}) peak {r.peak / 2**20:.0f} MiB"
-                for r in mine
-            )
-        )
-        peak = median([r.peak for r in mine])
+        rounds = [mine[i : i + pods] for i in range(0, len(mine), pods)]
+        worst = [
+            (max(r.seconds for r in g), max(r.peak for r in g), sum(r.bytes for r in g))
+            for g in rounds
+        ]
+        out(f"  {encoding} runs: " + ", ".join(
+            f"{r.pod} {r.seconds:.2f} s (CPU {r.server_cpu_s:.2f}) peak {r.peak / 2**20:.0f} MiB"
+            for r in mine
+        ))  # fmt: skip
+        peak = median([w[1] for w in worst])
         rise = peak / 2**20 - idle_rss_mib
         out(
-            f"scale {encoding}: {clusters} clusters, median of {len(mine)}: "
-            f"{median([r.seconds for r in mine]):.2f} s, server CPU "
-            f"{median([r.server_cpu_s for r in mine]):.2f} s, "
-            f"{median([r.bytes for r in mine]) / 1e6:.1f} MB; server peak RSS "
-            f"{peak / 2**20:.0f} MiB (RSS {median([r.rss_before for r in mine]) / 2**20:.0f} MiB "
-            f"before it; {rise:.0f} MiB over the idle pod, {rise / clusters * 1000:.1f} MiB per "
-            f"1000 clusters); target <= 400 MiB {'met' if peak <= 400 * 2**20 else 'missed'}"
-        )
+            f"scale {encoding}: {clusters} clusters on {pods} pod(s), median of {len(rounds)}: "
+            f"{median([w[0] for w in worst]):.2f} s (slowest pod), server CPU "
+            f"{median([r.server_cpu_s for r in mine]):.2f} s per pod, "
+            f"{median([w[2] for w in worst]) / 1e6:.1f} MB in all; highest pod peak RSS "
+            f"{peak / 2**20:.0f} MiB ({rise:.0f} MiB over the idle pod, "
+            f"{rise / per_pod * 1000:.1f} MiB per 1000 clusters it serves)"
+            + (f"; target <= 400 MiB {'met' if peak <= 400 * 2**20 else 'missed'}"
+               if clusters == 10_000 and pods == 1 else "")
+        )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -145,11 +172,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clusters", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pods", default="1", help="pod counts, comma-separated (e.g. 3,6)")
     args = parser.parse_args(argv)
     out(f"machine: {machine_description()}")
-    results, facts = run(clusters=args.clusters, runs=args.runs)
+    counts = sorted(int(n) for n in args.pods.split(","))
+    by_pods, facts = run(clusters=args.clusters, runs=args.runs, pods=counts)
     out("  " + ", ".join(f"{k} {v:.0f}" for k, v in facts.items()))
-    report(results, args.clusters, facts["RSS before fill MiB"])
+    for results in by_pods.values():
+        report(results, args.clusters, facts["RSS before fill MiB"])
 
 
 if __name__ == "__main__":
