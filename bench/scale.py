@@ -33,6 +33,7 @@ from bench.ring_settle import wait_settled
 from dev.launch import ServerHandle
 
 PIECE = 1 << 20  # bytes read from the answer at a time
+LONG_TTL = ("--ttl", "3h")
 STEADY_S = 1.0  # after the ring settles, before the fetches (the benchmarks' heartbeat is 0.5 s)
 
 
@@ -108,7 +109,8 @@ def run(
     the first pod's RSS (MiB), the fill and settle times (s)."""
     by_pods: dict[int, list[ScaleRun]] = {}
     with stack() as bench:
-        server = bench.start_server("scale", extra_args=["--ratelimit", "0s"])
+        # A fill of 100k clusters takes longer than the default --ttl of 10 minutes.
+        server = bench.start_server("scale", extra_args=["--ratelimit", "0s", *LONG_TTL])
         bench.wait_serving_all(server)
         pid = server.process.pid
         facts = {"RSS before fill MiB": rss_bytes(pid) / 2**20}
@@ -121,7 +123,10 @@ def run(
         for count in pods:
             if count > len(everyone):
                 began = time.monotonic()
-                everyone += [bench.start_server(f"scale-{i}") for i in range(len(everyone), count)]
+                everyone += [
+                    bench.start_server(f"scale-{i}", extra_args=LONG_TTL)
+                    for i in range(len(everyone), count)
+                ]
                 facts[f"settle at {count} pods s"] = wait_settled(everyone, began)
                 time.sleep(STEADY_S)  # two heartbeats more: the assignment holds still
                 wait_settled(everyone, time.monotonic())
@@ -130,8 +135,11 @@ def run(
                 for gzipped in (False, True):
                     results += [fetch(pod, gzipped=gzipped) for pod in everyone]
             for pod in everyone:
-                if len({r.text_sha256 for r in results if r.pod == pod.name}) != 1:
-                    raise RuntimeError(f"{pod.name}: the answers differ (plain and gzip, or runs)")
+                mine = [
+                    (r.encoding, r.bytes, r.text_sha256[:12]) for r in results if r.pod == pod.name
+                ]
+                if len({digest for _, _, digest in mine}) != 1:
+                    raise RuntimeError(f"{pod.name}: the answers differ: {mine}")
         facts["RSS after fetches MiB"] = rss_bytes(pid) / 2**20
     return by_pods, facts
 
