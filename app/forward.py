@@ -266,10 +266,10 @@ class Forwarder:
         now_ms = time.time() * 1000
         oldest = min((q[0].stamp_ms for q in heads if q), default=None)
         self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
-        lengths = await self._store.queue_lengths(
-            [r for r, q in zip(ranges, heads, strict=True) if q]
-        )
-        self.metrics.queue_length.set(sum(lengths))
+        count = s.forward_batch_entries
+        full = [r for r, q in zip(ranges, heads, strict=True) if len(q) >= count]
+        lengths = await self._store.queue_lengths(full)  # the others hold what was read
+        self.metrics.queue_length.set(sum(lengths) + sum(len(q) for q in heads if len(q) < count))
         expired = [e for q in heads for e in q if now_ms - e.stamp_ms > s.forward_max_age * 1000]
         if expired:
             await self._store.ack(expired)
@@ -295,7 +295,6 @@ class Forwarder:
         if failure is not None:
             return self._backoff(failure.retry_after)
         self._attempt = 0
-        full = any(len(q) >= s.forward_batch_entries for q in heads)
         return 0.0 if full else self._idle(s.forward_interval)
 
     def _idle(self, interval: float) -> float:

@@ -19,7 +19,7 @@ from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
-from telemeter._buffer cimport Buf, put, put_count, put_escaped, put_value, scan_value
+from telemeter._buffer cimport Buf, grow, put, put_count, put_escaped, put_value, scan_value
 from telemeter._hash cimport tm_item_hash, tm_value_hash
 from telemeter._rwpass cimport RW, RWLabel, rw_begin, rw_label, rw_series, rw_sort
 from telemeter.errors import InvalidPayload, TooLarge
@@ -754,6 +754,8 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
     p.rw.labels = <RWLabel *>malloc((p.max_labels + p.nextras + 1) * sizeof(RWLabel))
     p.rw.at = <Py_ssize_t *>malloc((p.max_labels + p.nextras + 2) * sizeof(Py_ssize_t))
     p.rw.ts = <uint64_t>now_ms
+    if p.forward:  # the request is about 1.1x the upload: grown once here, not doubling from 4 KB
+        grow(&p.rw.out, n + n // 4 + 4096)
     if (p.labels == NULL or p.shape == NULL or p.token_at == NULL or p.action == NULL
             or p.extra_used == NULL or p.name_hash_at == NULL or p.extra_hash == NULL
             or p.rw.labels == NULL or p.rw.at == NULL):
