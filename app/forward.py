@@ -40,7 +40,7 @@ from app.errors import StoreUnavailable
 from app.settings import ServerSettings
 from app.store import QueuedEntry, Store
 from telemeter import remotewrite, snappy
-from telemeter.httpclient import Connection, Endpoint, HTTPError
+from telemeter.httpclient import Answer, Connection, Endpoint, HTTPError
 from telemeter.selfmetrics import MetricSet, counter, gauge, histogram
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = "telemeter-server/0.1.0"
 BACKOFF_BASE_S = 0.25
 RETRY_AFTER_MAX_S = 300.0
+PIPELINE_DEPTH = 16  # requests of a lane written at once (docs/architecture.md, D13)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class Forwarder:
         self._attempt = 0
         self._paused: dict[str, _Pause] = {}  # tenant -> when it may send again (429)
         self._durations: dict[int, Any] = {}
+        self._headers = {**remotewrite.HEADERS, "User-Agent": USER_AGENT}
 
     async def start(self) -> None:
         """Start the forwarding loop."""
@@ -264,10 +266,10 @@ class Forwarder:
         now_ms = time.time() * 1000
         oldest = min((q[0].stamp_ms for q in heads if q), default=None)
         self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
-        lengths = await self._store.queue_lengths(
-            [r for r, q in zip(ranges, heads, strict=True) if q]
-        )
-        self.metrics.queue_length.set(sum(lengths))
+        count = s.forward_batch_entries
+        full = [r for r, q in zip(ranges, heads, strict=True) if len(q) >= count]
+        lengths = await self._store.queue_lengths(full)  # the others hold what was read
+        self.metrics.queue_length.set(sum(lengths) + sum(len(q) for q in heads if len(q) < count))
         expired = [e for q in heads for e in q if now_ms - e.stamp_ms > s.forward_max_age * 1000]
         if expired:
             await self._store.ack(expired)
@@ -293,7 +295,6 @@ class Forwarder:
         if failure is not None:
             return self._backoff(failure.retry_after)
         self._attempt = 0
-        full = any(len(q) >= s.forward_batch_entries for q in heads)
         return 0.0 if full else self._idle(s.forward_interval)
 
     def _idle(self, interval: float) -> float:
@@ -305,27 +306,46 @@ class Forwarder:
     async def _lane(
         self, lane: list[QueuedEntry], conn: Connection, done: list[QueuedEntry]
     ) -> Outcome | None:
-        """Send a lane's batches in order; stop at the first failure that is not one tenant's
-        throttling (returned), skipping a throttled tenant's later entries."""
+        """Send a lane's batches in order, pipelined in rounds of at most one batch per tenant
+        (a tenant's next batch waits for the answer to its last); stop after the round of the
+        first failure that is not one tenant's throttling (returned), skipping a throttled
+        tenant's later entries."""
         s = self._s
         throttled: set[str] = set()
-        for batch in batches(
+        pending = batches(
             lane,
             max_entries=s.forward_batch_entries,
             max_bytes=s.forward_batch_bytes,
             by_tenant=s.tenant_id is None,
-        ):
-            tenant = self._tenant(batch[0])
-            if tenant in throttled:
-                continue
-            outcome = await self._deliver(batch, conn, done)
-            if outcome is None:
-                self._paused.pop(tenant, None)
-            elif outcome.reason == "status_429":
-                self._pause(tenant, outcome.retry_after)
-                throttled.add(tenant)
-            else:
-                return outcome
+        )
+        while pending:
+            round_: list[list[QueuedEntry]] = []
+            later: list[list[QueuedEntry]] = []
+            tenants: set[str] = set()
+            for batch in pending:
+                tenant = self._tenant(batch[0])
+                if tenant in throttled:
+                    continue
+                if tenant in tenants or len(round_) >= PIPELINE_DEPTH:
+                    later.append(batch)
+                else:
+                    tenants.add(tenant)
+                    round_.append(batch)
+            pending = later
+            failure = None
+            outcomes = await self._send(round_, conn)
+            for batch, outcome in zip(round_, outcomes, strict=True):
+                tenant = self._tenant(batch[0])
+                left = await self._settle(batch, outcome, conn, done)
+                if left is None:
+                    self._paused.pop(tenant, None)
+                elif left.reason == "status_429":
+                    self._pause(tenant, left.retry_after)
+                    throttled.add(tenant)
+                else:
+                    failure = failure or left
+            if failure is not None:
+                return failure
         return None
 
     def _pause(self, tenant: str, retry_after: float | None) -> None:
@@ -337,12 +357,12 @@ class Forwarder:
         )
         self._paused[tenant] = pause
 
-    async def _deliver(
-        self, batch: list[QueuedEntry], conn: Connection, done: list[QueuedEntry]
-    ) -> Outcome | None:
-        """Send a batch; None when it is done with (sent or dropped: its entries go to ``done``),
-        else the retryable answer."""
-        outcome = await self._send(batch, conn)
+    async def _settle(
+        self, batch: list[QueuedEntry], outcome: Outcome, conn: Connection,
+        done: list[QueuedEntry],
+    ) -> Outcome | None:  # fmt: skip
+        """Act on a batch's answer; None when it is done with (sent or dropped: its entries go
+        to ``done``), else the retryable answer."""
         if outcome.sent:
             done.extend(batch)
             return None
@@ -351,9 +371,10 @@ class Forwarder:
         if len(batch) > 1:  # one bad entry must not take the others with it
             log.info("forwarding: batch refused, sending its entries alone entries=%d", len(batch))
             for entry in batch:
-                alone = await self._deliver([entry], conn, done)
-                if alone is not None:
-                    return alone
+                (alone,) = await self._send([[entry]], conn)
+                left = await self._settle([entry], alone, conn, done)
+                if left is not None:
+                    return left
             return None
         self.metrics.dropped.labels("refused").inc(batch[0].series)
         log.warning("forwarding: the receiver refused an entry; dropped reason=%s tenant=%s",
@@ -361,26 +382,36 @@ class Forwarder:
         done.extend(batch)
         return None
 
-    async def _send(self, batch: list[QueuedEntry], conn: Connection) -> Outcome:
-        headers = {
-            **remotewrite.HEADERS,
-            "User-Agent": USER_AGENT,
-            self._s.tenant_header: self._tenant(batch[0]),
-        }
+    async def _send(self, round_: list[list[QueuedEntry]], conn: Connection) -> list[Outcome]:
+        """Send batches pipelined on one connection: an outcome per batch, in order."""
+        requests = []
+        for batch in round_:
+            headers = {**self._headers, self._s.tenant_header: self._tenant(batch[0])}
+            requests.append((headers, request_body(batch)))
+        answers: list[Answer] = []
         start = time.perf_counter()
+        failed, error = "", None
         try:
             if self._auth is not None:
-                headers["Authorization"] = await self._auth.header()
+                auth = await self._auth.header()
+                for headers, _ in requests:
+                    headers["Authorization"] = auth
             async with asyncio.timeout(self._s.forward_timeout):
-                answer = await conn.request(
-                    "POST", self._endpoint.path, headers, request_body(batch)
-                )
-        except TimeoutError as exc:
-            conn.close()  # the answer may still come: this connection is out of step
-            return self._failed("timeout", start, exc)
+                await conn.pipeline("POST", self._endpoint.path, requests, answers)
+        except TimeoutError:
+            conn.close()  # the answers may still come: this connection is out of step
+            failed = "timeout"
         except (OSError, EOFError, ValueError, HTTPError, httpx.HTTPError) as exc:
             conn.close()
-            return self._failed("connection", start, exc)
+            failed, error = "connection", repr(exc)
+        outcomes = [self._outcome(b, a, start) for b, a in zip(round_, answers, strict=False)]
+        if failed:
+            log.info("forwarding: request failed; retrying later reason=%s error=%s requests=%d",
+                     failed, error, len(round_) - len(answers))  # fmt: skip
+            outcomes += [self._failed(failed, start) for _ in round_[len(answers) :]]
+        return outcomes
+
+    def _outcome(self, batch: list[QueuedEntry], answer: Answer, start: float) -> Outcome:
         code = answer.status
         self._observe(code, start)
         if 200 <= code < 300:
@@ -405,11 +436,10 @@ class Forwarder:
             child = self._durations[code] = self.metrics.duration.labels(str(code))
         child.observe(time.perf_counter() - start)
 
-    def _failed(self, reason: str, start: float, exc: Exception) -> Outcome:
+    def _failed(self, reason: str, start: float) -> Outcome:
         self._observe(0, start)
         self.metrics.errors.inc()
         self.metrics.retries.labels(reason).inc()
-        log.info("forwarding: request failed; retrying later reason=%s error=%r", reason, exc)
         return Outcome(sent=False, retry=True, reason=reason)
 
 

@@ -169,6 +169,7 @@ class Runtime:
             max_series=s.limit_series,
             max_labels=s.limit_labels,
             max_label_length=s.limit_label_length,
+            remote_write=bool(s.forward_url),
         )
 
     def limited_for(self, cluster_id: str) -> float:

@@ -353,17 +353,16 @@ class Store:
         return [int(n or 0) for n in lengths]
 
     async def ack(self, entries: Iterable[QueuedEntry]) -> None:
-        """Delete sent (or dropped) entries from their streams."""
-        by_range: dict[int, list[bytes]] = {}
+        """Delete sent (or dropped) entries from their streams: an XDEL per stream, on the bare
+        connections (redis-py's pipeline cost ~30 us of CPU per stream and turn)."""
+        ids: dict[str, list[bytes]] = {}
         for e in entries:
-            by_range.setdefault(e.range_id, []).append(e.entry_id)
-        if not by_range:
-            return
-        async with self._call("queue_ack") as client:
-            pipe = client.pipeline(transaction=False)
-            for r, ids in by_range.items():
-                pipe.xdel(keys.forward_key(r), *ids)
-            await pipe.execute()
+            ids.setdefault(keys.forward_key(e.range_id), []).append(e.entry_id)
+        if ids:
+            async with self._call("queue_ack") as client:
+                await self._per_node(client, list(ids), command=lambda key: (
+                    b"XDEL", key, *ids[key.decode()]), convert=int,
+                    add=lambda pipe, key: pipe.xdel(key, *ids[key]))  # fmt: skip
 
     async def _on_node(
         self,
@@ -480,7 +479,7 @@ class Store:
         convert: Callable[[Any], Any],
         add: Callable[[Any, str], Any],
     ) -> list[Any]:
-        """One single-key read per name, sent as one batch on the kept connection per primary.
+        """One single-key command per name, sent as one batch on the kept connection per primary.
 
         ``command`` gives the raw command and ``convert`` shapes its raw reply the way redis-py
         would; ``add`` queues the same command on a redis-py pipeline. The cluster client takes

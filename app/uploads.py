@@ -170,24 +170,26 @@ def _render_snapshot(
         raise PayloadTooLarge(f"request body larger than {s.uncompressed_limit} bytes")
     else:
         data = body
+    push_time = snapshot.push_time_lines(s.partition_label, cluster_id, now_ms)
+    push_family = (snapshot.PUSH_TIME_FAMILY, 1, push_time)
+    tail, tail_series = remotewrite.encode([push_family]) if s.forward_url else (b"", 0)
     result = process(
         data,
         rt.pass_config(token_labels),
         now_ms=now_ms,
         min_timestamp_ms=now_ms - MAX_SAMPLE_AGE_MS,
+        write_tail=tail,  # the pass's WriteRequest ends with the push time's series
     )
-    push_time = snapshot.push_time_lines(s.partition_label, cluster_id, now_ms)
-    families = [*result.families, (snapshot.PUSH_TIME_FAMILY, 1, push_time)]
-    value = snapshot.encode(now_ms, result.kept + 1, families)
+    value = snapshot.encode(now_ms, result.kept + 1, [*result.families, push_family])
     forward = None
     if s.forward_url:
-        request, series = remotewrite.encode(families)
+        request = result.write_request
         forward = Forward(
             body=snappy.encode_block(request),
             size=len(request),
             tenant=cluster_id,
-            series=series,
+            series=result.write_series + tail_series,
             stamp_ms=now_ms,
         )
-    result.families = []
+    result.families, result.write_request = [], b""
     return value, result, forward

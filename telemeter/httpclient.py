@@ -1,17 +1,18 @@
 """A minimal HTTP/1.1 client over asyncio streams, with keep-alive: one connection, one request
-at a time.
+at a time, or several pipelined in one write.
 
 The server's remote-write forwarding, the benchmark's simulated clusters and the client's push
 cycle send small requests; a general client (httpx) costs about a millisecond of CPU per request
 in its own machinery, several times the work of the request itself (docs/benchmarks.md, "Remote
-write"). This one writes the request in one ``write`` and reads the answer with two stream reads.
+write"). This one writes the request in one ``write`` and reads the answer with two stream reads;
+``pipeline`` writes many at once (the forwarder's requests of a lane, docs/architecture.md D13).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -83,18 +84,45 @@ class Connection:
         ``chunked`` sends the body with ``Transfer-Encoding: chunked`` (one chunk) instead of a
         ``Content-Length``; an answer body over ``limit`` bytes raises AnswerTooLarge.
         """
-        reused = self._writer is not None and not self._reader_done()
-        if not reused:
-            await self._open()
-        try:
-            return await self._exchange(method, path, headers, body, chunked, limit)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            self.close()
+        answers: list[Answer] = []
+        await self.pipeline(method, path, [(headers, body)], answers, chunked=chunked, limit=limit)
+        return answers[0]
+
+    async def pipeline(
+        self,
+        method: str,
+        path: str,
+        requests: Sequence[tuple[Mapping[str, str], bytes]],
+        answers: list[Answer],
+        *,
+        chunked: bool = False,
+        limit: int = MAX_BODY_BYTES,
+    ) -> None:
+        """Send (headers, body) requests in one write (HTTP/1.1 pipelining: the server answers
+        them in order) and append each answer to ``answers`` as it is read, so a caller that
+        gives up half way keeps those it got. Raises as `request` for the first answer it could
+        not read; one retry of them all if a reused socket was dead before the first answer.
+        """
+        data = b"".join([self._head(method, path, h, b, chunked) for h, b in requests])
+        for attempt in (0, 1):
+            reused = self._writer is not None and not self._reader_done()
             if not reused:
-                raise
-        # A keep-alive connection the server had already closed: one fresh try, as browsers do.
-        await self._open()
-        return await self._exchange(method, path, headers, body, chunked, limit)
+                await self._open()
+            assert self._writer is not None
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+                answers.append(await self._answer(limit))
+                break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+                # A keep-alive connection the server had already closed: one fresh try.
+                if not reused or attempt:
+                    raise
+        for _ in requests[1:]:
+            if self._writer is None:
+                raise ConnectionError("the server closed the connection before the last answer")
+            answers.append(await self._answer(limit))
 
     def _reader_done(self) -> bool:
         return self._reader is None or self._reader.at_eof()
@@ -107,16 +135,10 @@ class Connection:
             ep.host, ep.port, ssl=context, limit=MAX_HEAD_BYTES
         )
 
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        body: bytes,
-        chunked: bool,
-        limit: int,
-    ) -> Answer:
-        assert self._reader is not None and self._writer is not None
+    def _head(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, chunked: bool
+    ) -> bytes:
+        """One request as written on the wire: its head, then its body."""
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.endpoint.host_header}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if chunked:
@@ -124,8 +146,11 @@ class Connection:
             body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
         elif body or method not in ("GET", "HEAD"):  # no length on a bodiless GET, as Go
             lines.append(f"Content-Length: {len(body)}")
-        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        await self._writer.drain()
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    async def _answer(self, limit: int) -> Answer:
+        """Read one answer (closing the connection after it when the server says so)."""
+        assert self._reader is not None
         try:
             head = await self._reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError as exc:

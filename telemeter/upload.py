@@ -23,7 +23,9 @@ other series are filtered by the whitelist on their incoming labels, elided labe
 name and the same rendered labels, in any order: a summary or histogram is one series of its
 labels, and two families of the same name are one family) is refused, every timestamp is
 replaced by the server's receive time, and the sample lines are rendered in the text format of
-`telemeter.exposition`.
+`telemeter.exposition`. With ``remote_write``, the same lines are also written as a
+Remote-Write ``WriteRequest`` (`telemeter.remotewrite.encode_reference` of the lines is its
+specification; the compiled pass writes it from the decoded labels, `_rwpass.pxd`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from telemeter import metrics_pb2
 from telemeter.delimited import read_families
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.exposition import VALUE_FIELD, escape_label_value, render_metric
+from telemeter.remotewrite import encode_reference
 
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -69,6 +72,7 @@ class PassConfig:
     max_series: int = 10_000
     max_labels: int = 64
     max_label_length: int = 255
+    remote_write: bool = False  # also write the Remote-Write request of the rendered lines
 
 
 @dataclass(slots=True)
@@ -76,17 +80,29 @@ class PassResult:
     """The rendered families of one upload and what the pass counted."""
 
     families: list[tuple[str, int, bytes]] = field(default_factory=list)
+    # With remote_write: the WriteRequest of the families' lines (telemeter.remotewrite) and
+    # its number of series.
+    write_request: bytes = b""
+    write_series: int = 0
     received: int = 0
     kept: int = 0
     past: int = 0
     future: int = 0
 
 
-def process(data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int) -> PassResult:
-    """Run the compiled pass (see the module docstring); raises InvalidPayload or TooLarge."""
+def process(
+    data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int, write_tail: bytes = b""
+) -> PassResult:
+    """Run the compiled pass (see the module docstring); raises InvalidPayload or TooLarge.
+
+    ``write_tail`` (encoded series) ends the WriteRequest of ``remote_write``: the server's
+    push-time series, without copying the request again.
+    """
     from telemeter import _fastpass
 
-    result: PassResult = _fastpass.process(data, config, now_ms, min_timestamp_ms, PassResult)
+    result: PassResult = _fastpass.process(
+        data, config, now_ms, min_timestamp_ms, PassResult, write_tail
+    )
     return result
 
 
@@ -151,7 +167,7 @@ def same_series(a: bytes, b: bytes, config: PassConfig) -> bool:
 
 
 def process_reference(
-    data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int
+    data: bytes, config: PassConfig, *, now_ms: int, min_timestamp_ms: int, write_tail: bytes = b""
 ) -> PassResult:
     """The plain-Python specification of `process` (same result, same errors, slower)."""
     families = read_families(data, max_families=config.max_series)
@@ -213,4 +229,7 @@ def process_reference(
         if lines:
             out.setdefault(name, (kind, []))[1].extend(lines)
     result.families = [(n, k, "".join(lines).encode()) for n, (k, lines) in out.items()]
+    if config.remote_write:
+        result.write_request, result.write_series = encode_reference(result.families)
+        result.write_request += write_tail
     return result

@@ -17,14 +17,21 @@ from tests.unit.telemeter.test_upload import DAY, KEEP_ALL, NOW, families, stand
 
 def rendered(fams: list[metrics_pb2.MetricFamily]) -> list[tuple[str, int, bytes]] | None:
     config = PassConfig(
-        whitelist=KEEP_ALL, token_labels=(("_id", "c1"),), extra_labels=(("region", "eu"),)
+        whitelist=KEEP_ALL,
+        token_labels=(("_id", "c1"),),
+        extra_labels=(("region", "eu"),),
+        remote_write=True,
     )
     try:
-        return process(
-            write_families(fams), config, now_ms=NOW, min_timestamp_ms=NOW - DAY
-        ).families
+        result = process(
+            write_families(fams), config, now_ms=NOW, min_timestamp_ms=NOW - DAY, write_tail=b"t"
+        )
     except (InvalidPayload, TooLarge):
         return None
+    # The request the pass wrote from the decoded labels: that of its lines, then the tail.
+    request, series = remotewrite.encode_reference(result.families)
+    assert (result.write_request, result.write_series) == (request + b"t", series)
+    return result.families
 
 
 def same(a: float, b: float) -> bool:
@@ -60,10 +67,12 @@ def test_compiled_encoder_matches_the_reference_and_the_text(
 
 
 def test_the_recorded_upload_becomes_226_series() -> None:
-    config = PassConfig(whitelist=KEEP_ALL, token_labels=(("_id", "test"),))
-    out = process(standard_upload(), config, now_ms=NOW, min_timestamp_ms=0).families
+    config = PassConfig(whitelist=KEEP_ALL, token_labels=(("_id", "test"),), remote_write=True)
+    result = process(standard_upload(), config, now_ms=NOW, min_timestamp_ms=0)
+    out = result.families
     data, count = remotewrite.encode(out)
     assert (data, count) == remotewrite.encode_reference(out)
+    assert (result.write_request, result.write_series) == (data, count)
     series = remotewrite.decode(data)
     assert count == len(series) == 226
     assert all(("_id", "test") in labels for labels, _ in series)

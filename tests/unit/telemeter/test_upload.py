@@ -188,7 +188,10 @@ def run_both(data: bytes, config: PassConfig) -> tuple[object, object]:
 
 def as_tuple(result: object) -> object:
     if isinstance(result, PassResult):
-        return (result.families, result.received, result.kept, result.past, result.future)
+        return (
+            result.families, result.received, result.kept, result.past, result.future,
+            result.write_request, result.write_series,
+        )  # fmt: skip
     return result
 
 
@@ -199,6 +202,7 @@ def as_tuple(result: object) -> object:
     extra=st.sampled_from([(), (("region", "eu"),), (("job", "override"), ("empty", ""))]),
     elide=st.sampled_from([frozenset(), frozenset({"pod"}), frozenset({"job", "region"})]),
     max_labels=st.sampled_from([64, 3]),
+    remote_write=st.booleans(),
 )
 def test_compiled_pass_matches_the_reference(
     fams: list[metrics_pb2.MetricFamily],
@@ -206,6 +210,7 @@ def test_compiled_pass_matches_the_reference(
     extra: tuple[tuple[str, str], ...],
     elide: frozenset[str],
     max_labels: int,
+    remote_write: bool,
 ) -> None:
     config = PassConfig(
         whitelist=whitelist,
@@ -214,6 +219,7 @@ def test_compiled_pass_matches_the_reference(
         elide_labels=elide,
         max_series=14,
         max_labels=max_labels,
+        remote_write=remote_write,
     )
     fast, ref = run_both(write_families(fams), config)
     assert as_tuple(fast) == as_tuple(ref)
