@@ -42,7 +42,6 @@ STANDARD_PAYLOAD = (
     / "timeseries.txt"
 ).resolve()
 GO_UPLOAD_CPU_MS = 1.84  # Go telemeter-server 2019, server CPU per accepted standard upload
-GO_FEDERATE_S = 0.97  # Go, /federate of 1000 clusters x 232 series on one pod
 GO_RSS_PER_SERIES = 3200  # Go keeps ~3.2 KB of RSS per stored series
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # On a machine with two or more cores the server under test gets core 0 to itself; Redis and the
