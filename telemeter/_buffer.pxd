@@ -185,3 +185,13 @@ cdef inline int put_varint(Buf *b, uint64_t v) except -1:
         n += 1
     tmp[n] = <char>v
     return put(b, tmp, n + 1)
+
+
+cdef inline void put_varint_raw(Buf *b, uint64_t v) noexcept:
+    """``v`` as a protobuf varint, into room the caller has reserved (10 bytes at most)."""
+    while v >= 0x80:
+        b.data[b.len] = <char>((v & 0x7F) | 0x80)
+        b.len += 1
+        v >>= 7
+    b.data[b.len] = <char>v
+    b.len += 1

@@ -17,7 +17,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, strtod, strtoll
 from libc.string cimport memchr, memcmp, memcpy
 
-from telemeter._buffer cimport Buf, grow, varint_size
+from telemeter._buffer cimport Buf, grow, put_varint_raw, varint_size
 
 DEF MAX_LABELS = 512
 
@@ -27,15 +27,6 @@ cdef struct Label:
     Py_ssize_t name_len
     Py_ssize_t value_at  # offset in the unescaped-values scratch buffer
     Py_ssize_t value_len
-
-
-cdef inline void put_varint(Buf* b, uint64_t v) noexcept:
-    while v >= 0x80:
-        b.data[b.len] = <char>((v & 0x7F) | 0x80)
-        b.len += 1
-        v >>= 7
-    b.data[b.len] = <char>v
-    b.len += 1
 
 
 cdef inline void put_bytes(Buf* b, const char* p, Py_ssize_t n) noexcept:
@@ -146,7 +137,7 @@ cdef Py_ssize_t encode_line(
     grow(out, 1 + 10 + size)
     out.data[out.len] = 0x0A  # WriteRequest.timeseries = 1
     out.len += 1
-    put_varint(out, size)
+    put_varint_raw(out, size)
     for i in range(n):
         lsize = (
             2 + varint_size(labels[i].name_len) + labels[i].name_len
@@ -154,18 +145,18 @@ cdef Py_ssize_t encode_line(
         )
         out.data[out.len] = 0x0A  # TimeSeries.labels = 1
         out.len += 1
-        put_varint(out, lsize)
+        put_varint_raw(out, lsize)
         out.data[out.len] = 0x0A  # Label.name = 1
         out.len += 1
-        put_varint(out, labels[i].name_len)
+        put_varint_raw(out, labels[i].name_len)
         put_bytes(out, labels[i].name, labels[i].name_len)
         out.data[out.len] = 0x12  # Label.value = 2
         out.len += 1
-        put_varint(out, labels[i].value_len)
+        put_varint_raw(out, labels[i].value_len)
         put_bytes(out, values.data + labels[i].value_at, labels[i].value_len)
     out.data[out.len] = 0x12  # TimeSeries.samples = 2
     out.len += 1
-    put_varint(out, 9 + 1 + varint_size(<uint64_t>ts))
+    put_varint_raw(out, 9 + 1 + varint_size(<uint64_t>ts))
     out.data[out.len] = 0x09  # Sample.value = 1, fixed64
     out.len += 1
     memcpy(&bits, &value, 8)
@@ -175,7 +166,7 @@ cdef Py_ssize_t encode_line(
         bits >>= 8
     out.data[out.len] = 0x10  # Sample.timestamp = 2, varint
     out.len += 1
-    put_varint(out, <uint64_t>ts)
+    put_varint_raw(out, <uint64_t>ts)
     return p - start
 
 

@@ -11,7 +11,7 @@
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
-from telemeter._buffer cimport Buf, grow
+from telemeter._buffer cimport Buf, grow, put_varint_raw, varint_size
 
 
 cdef struct RWLabel:
@@ -29,23 +29,6 @@ cdef struct RW:
     Py_ssize_t n
     Py_ssize_t series
     uint64_t ts  # every sample's timestamp (the server's receive time)
-
-
-cdef inline int varint_len(uint64_t v) noexcept:
-    cdef int n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-cdef inline void put_varint(Buf *b, uint64_t v) noexcept:  # the caller has grown b
-    while v >= 0x80:
-        b.data[b.len] = <char>((v & 0x7F) | 0x80)
-        b.len += 1
-        v >>= 7
-    b.data[b.len] = <char>v
-    b.len += 1
 
 
 cdef inline int compare(const char *a, Py_ssize_t an, const char *b, Py_ssize_t bn) noexcept:
@@ -68,29 +51,29 @@ cdef inline bint pair_before(const char *a, Py_ssize_t an, const char *av, Py_ss
 
 cdef inline Py_ssize_t label_size(Py_ssize_t name_len, Py_ssize_t value_len) noexcept:
     """The size of a Label message (name = 1, value = 2)."""
-    return 2 + varint_len(name_len) + name_len + varint_len(value_len) + value_len
+    return 2 + varint_size(name_len) + name_len + varint_size(value_len) + value_len
 
 
 cdef inline void put_label(Buf *b, const char *name, Py_ssize_t name_len, const char *value,
                            Py_ssize_t value_len) noexcept:  # the caller has grown b
     b.data[b.len] = 0x0A  # TimeSeries.labels = 1
     b.len += 1
-    put_varint(b, label_size(name_len, value_len))
+    put_varint_raw(b, label_size(name_len, value_len))
     b.data[b.len] = 0x0A  # Label.name = 1
     b.len += 1
-    put_varint(b, name_len)
+    put_varint_raw(b, name_len)
     memcpy(b.data + b.len, name, name_len)
     b.len += name_len
     b.data[b.len] = 0x12  # Label.value = 2
     b.len += 1
-    put_varint(b, value_len)
+    put_varint_raw(b, value_len)
     memcpy(b.data + b.len, value, value_len)
     b.len += value_len
 
 
 cdef inline Py_ssize_t field_size(Py_ssize_t name_len, Py_ssize_t value_len) noexcept:
     cdef Py_ssize_t size = label_size(name_len, value_len)
-    return 1 + varint_len(size) + size
+    return 1 + varint_size(size) + size
 
 
 cdef inline void rw_begin(RW *rw) noexcept:
@@ -168,12 +151,12 @@ cdef inline int rw_series(RW *rw, const char *name, Py_ssize_t name_len, const c
     if bound_name_len:
         at_bound = rw_place(rw, bound_name, bound_name_len, bound, bound_len, NULL, 0)
         size += field_size(bound_name_len, bound_len)
-    sample = 1 + 8 + 1 + varint_len(rw.ts)
-    size += 1 + varint_len(sample) + sample
+    sample = 1 + 8 + 1 + varint_size(rw.ts)
+    size += 1 + varint_size(sample) + sample
     grow(out, 1 + 10 + size)
     out.data[out.len] = 0x0A  # WriteRequest.timeseries = 1
     out.len += 1
-    put_varint(out, size)
+    put_varint_raw(out, size)
     # "__name__" sorts before "le" and "quantile": the name goes first when both go at one place.
     n = rw.at[at_name]
     if n:
@@ -181,10 +164,10 @@ cdef inline int rw_series(RW *rw, const char *name, Py_ssize_t name_len, const c
         out.len += n
     out.data[out.len] = 0x0A  # TimeSeries.labels = 1
     out.len += 1
-    put_varint(out, label_size(8, value_len))
+    put_varint_raw(out, label_size(8, value_len))
     memcpy(out.data + out.len, b"\x0a\x08__name__\x12", 11)
     out.len += 11
-    put_varint(out, value_len)
+    put_varint_raw(out, value_len)
     memcpy(out.data + out.len, name, name_len)
     out.len += name_len
     if suffix_len:
@@ -201,7 +184,7 @@ cdef inline int rw_series(RW *rw, const char *name, Py_ssize_t name_len, const c
             out.len += n
     out.data[out.len] = 0x12  # TimeSeries.samples = 2
     out.len += 1
-    put_varint(out, sample)
+    put_varint_raw(out, sample)
     out.data[out.len] = 0x09  # Sample.value = 1, fixed64
     out.len += 1
     if value != value:
@@ -212,6 +195,6 @@ cdef inline int rw_series(RW *rw, const char *name, Py_ssize_t name_len, const c
     out.len += 8
     out.data[out.len] = 0x10  # Sample.timestamp = 2, varint
     out.len += 1
-    put_varint(out, rw.ts)
+    put_varint_raw(out, rw.ts)
     rw.series += 1
     return 0
