@@ -67,6 +67,24 @@ cdef extern from *:
         return n;
     }
 
+    /* memcpy for the short strings of labels: fixed-size moves (overlapping at the ends) instead
+       of a library call per name and value; never touches a byte outside [0, n). */
+    static inline void tm_copy(char *d, const char *s, size_t n) {
+        uint64_t a, b, c, e;
+        uint32_t x, y;
+        if (n > 32) { memcpy(d, s, n); return; }
+        if (n >= 16) {
+            memcpy(&a, s, 8); memcpy(&b, s + 8, 8); memcpy(&c, s + n - 16, 8); memcpy(&e, s + n - 8, 8);
+            memcpy(d, &a, 8); memcpy(d + 8, &b, 8); memcpy(d + n - 16, &c, 8); memcpy(d + n - 8, &e, 8);
+        } else if (n >= 8) {
+            memcpy(&a, s, 8); memcpy(&b, s + n - 8, 8); memcpy(d, &a, 8); memcpy(d + n - 8, &b, 8);
+        } else if (n >= 4) {
+            memcpy(&x, s, 4); memcpy(&y, s + n - 4, 4); memcpy(d, &x, 4); memcpy(d + n - 4, &y, 4);
+        } else {
+            for (size_t i = 0; i < n; i++) d[i] = s[i];
+        }
+    }
+
     /* Strict UTF-8 validation (no overlongs, no surrogates, at most U+10FFFF). */
     static inline int tm_valid_utf8(const unsigned char *s, Py_ssize_t n) {
         Py_ssize_t i = 0;
@@ -114,6 +132,7 @@ cdef extern from *:
     int tm_scan_value(const unsigned char *s, Py_ssize_t n)
     int tm_valid_utf8(const unsigned char *s, Py_ssize_t n)
     Py_ssize_t tm_find_escape(const char *s, Py_ssize_t n)
+    void tm_copy(char *d, const char *s, size_t n) nogil
     double fabs(double)
     int isnan(double)
     int isinf(double)
@@ -187,11 +206,18 @@ cdef inline int put_varint(Buf *b, uint64_t v) except -1:
     return put(b, tmp, n + 1)
 
 
+cdef inline char *varint_at(char *p, uint64_t v) noexcept:
+    """``v`` as a protobuf varint at ``p``, in room the caller has reserved (10 bytes at most);
+    returns the end. Through a local pointer: a store through ``b.data`` would make the
+    compiler load ``b.data`` and ``b.len`` again after every byte."""
+    while v >= 0x80:
+        p[0] = <char>((v & 0x7F) | 0x80)
+        p += 1
+        v >>= 7
+    p[0] = <char>v
+    return p + 1
+
+
 cdef inline void put_varint_raw(Buf *b, uint64_t v) noexcept:
     """``v`` as a protobuf varint, into room the caller has reserved (10 bytes at most)."""
-    while v >= 0x80:
-        b.data[b.len] = <char>((v & 0x7F) | 0x80)
-        b.len += 1
-        v >>= 7
-    b.data[b.len] = <char>v
-    b.len += 1
+    b.len = varint_at(b.data + b.len, v) - b.data

@@ -21,7 +21,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
 from telemeter._buffer cimport Buf, grow, put, put_count, put_escaped, put_value, scan_value
 from telemeter._hash cimport tm_item_hash, tm_value_hash
-from telemeter._rwpass cimport RW, RWLabel, rw_begin, rw_label, rw_series, rw_sort
+from telemeter._rwpass cimport RW, RWLabel, rw_begin, rw_encode, rw_label, rw_order, rw_series
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.upload import duplicate_series, same_series
 
@@ -302,7 +302,7 @@ cdef class _Pass:
 
     def __dealloc__(self):
         free(self.rw.out.data); free(self.rw.base.data)
-        free(self.rw.labels); free(self.rw.at)
+        free(self.rw.labels); free(self.rw.at); free(self.rw.order)
         free(self.tokens)
         free(self.extras)
         free(self.elide)
@@ -326,7 +326,6 @@ cdef class _Pass:
         cdef Py_ssize_t name_len, value_len
         cdef uint64_t h = 0  # a label's hash: its value's, seeded with its name's
         b.len = 0
-        rw_begin(&self.rw)
         for i in range(nlabels):
             j = self.action[i]
             if j == ELIDED:
@@ -341,8 +340,6 @@ cdef class _Pass:
                 value_len = self.extras[j].value_len
             if value_len == 0:
                 continue
-            if self.forward:
-                rw_label(&self.rw, name, name_len, value, value_len)
             put(b, "," if b.len else "{", 1)
             put(b, name, name_len)
             put(b, '="', 2)
@@ -355,9 +352,6 @@ cdef class _Pass:
         for j in range(self.nextras):
             if self.extra_used[j] or self.extras[j].value_len == 0:
                 continue
-            if self.forward:
-                rw_label(&self.rw, self.extras[j].name, self.extras[j].name_len,
-                         self.extras[j].value, self.extras[j].value_len)
             put(b, "," if b.len else "{", 1)
             put(b, self.extras[j].name, self.extras[j].name_len)
             put(b, '="', 2)
@@ -366,8 +360,36 @@ cdef class _Pass:
             h += self.extra_hash[j]
         self.lhash = h
         if self.forward:
-            rw_sort(&self.rw)
+            self.rw_labels()
         return 0
+
+    cdef int rw_labels(self) except -1:
+        """The metric's labels for its Remote-Write series, in the shape's sorted order."""
+        cdef Py_ssize_t k, i, j
+        cdef const char *value
+        cdef Py_ssize_t value_len
+        rw_begin(&self.rw)
+        for k in range(self.rw.norder):
+            i = self.rw.order[k]
+            if i < 0:  # an extra label appended
+                j = -1 - i
+                value = self.extras[j].value
+                value_len = self.extras[j].value_len
+                if value_len:
+                    rw_label(&self.rw, self.extras[j].name, self.extras[j].name_len, value,
+                             value_len, i)
+                continue
+            j = self.action[i]
+            if j == KEPT:
+                value = <const char *>self.d + self.labels[i].value
+                value_len = self.labels[i].value_len
+            else:
+                value = self.extras[j].value
+                value_len = self.extras[j].value_len
+            if value_len:
+                rw_label(&self.rw, <const char *>self.d + self.labels[i].name,
+                         self.labels[i].name_len, value, value_len, i)
+        return rw_encode(&self.rw)
 
     cdef int line_start(self, const char *name, Py_ssize_t name_len, const char *suffix,
                         Py_ssize_t suffix_len) except -1:
@@ -580,6 +602,22 @@ cdef class _Pass:
                     break
         memcpy(self.shape, self.labels, nlabels * sizeof(Label))
         self.shape_n = nlabels
+        if self.forward:  # the shape's Remote-Write label order (_rwpass.pxd)
+            rw_begin(&self.rw)
+            for i in range(nlabels):
+                j = self.action[i]
+                if j == KEPT:  # names do not repeat: a value decides only between extras
+                    rw_label(&self.rw, <const char *>d + self.labels[i].name,
+                             self.labels[i].name_len, NULL, 0, i)
+                elif j != ELIDED:
+                    rw_label(&self.rw, <const char *>d + self.labels[i].name,
+                             self.labels[i].name_len, self.extras[j].value,
+                             self.extras[j].value_len, i)
+            for j in range(self.nextras):
+                if not self.extra_used[j]:
+                    rw_label(&self.rw, self.extras[j].name, self.extras[j].name_len,
+                             self.extras[j].value, self.extras[j].value_len, -1 - j)
+            rw_order(&self.rw)
         return 0
 
     cdef int check_values(self, Py_ssize_t nlabels, str family) except -1:
@@ -753,12 +791,13 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
     p.forward = config.remote_write
     p.rw.labels = <RWLabel *>malloc((p.max_labels + p.nextras + 1) * sizeof(RWLabel))
     p.rw.at = <Py_ssize_t *>malloc((p.max_labels + p.nextras + 2) * sizeof(Py_ssize_t))
+    p.rw.order = <Py_ssize_t *>malloc((p.max_labels + p.nextras + 1) * sizeof(Py_ssize_t))
     p.rw.ts = <uint64_t>now_ms
     if p.forward:  # the request is about 1.1x the upload: grown once here, not doubling from 4 KB
         grow(&p.rw.out, n + n // 4 + 4096)
     if (p.labels == NULL or p.shape == NULL or p.token_at == NULL or p.action == NULL
             or p.extra_used == NULL or p.name_hash_at == NULL or p.extra_hash == NULL
-            or p.rw.labels == NULL or p.rw.at == NULL):
+            or p.rw.labels == NULL or p.rw.at == NULL or p.rw.order == NULL):
         raise MemoryError()
     for count in range(p.nextras):
         p.extra_hash[count] = tm_item_hash(

@@ -4,14 +4,17 @@
 # again). Inline, so they compile into `_fastpass`. `telemeter.remotewrite.encode_reference` of
 # the rendered lines is the specification: the tests check the bytes are the same.
 #
-# Per metric, `rw_begin` takes its labels (after elide and extra labels, empty values left out),
-# `rw_sort` sorts them by (name, value) as the reference's `sorted` does and encodes them once as
+# Per label shape (the label names of a run of metrics, which rarely change within a family),
+# `rw_order` sorts the candidate labels (the names kept, then the extra labels appended) by
+# (name, value) as the reference's `sorted` does, once. Per metric, the pass hands `rw_label` its
+# labels in that order (empty values left out) and `rw_encode` encodes them once as
 # `TimeSeries.labels` fields; per line, `rw_series` inserts `__name__` (and `le`/`quantile`) at
-# their sorted places and appends the series with its one sample.
+# their sorted places and appends the series with its one sample. The writers go through a
+# local pointer (`_buffer.varint_at`).
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
-from telemeter._buffer cimport Buf, grow, put_varint_raw, varint_size
+from telemeter._buffer cimport Buf, grow, tm_copy, varint_at, varint_size
 
 
 cdef struct RWLabel:
@@ -19,6 +22,7 @@ cdef struct RWLabel:
     Py_ssize_t name_len
     const char *value
     Py_ssize_t value_len
+    Py_ssize_t source  # rw_order: where the pass finds it (a name's index, or -1 - extra)
 
 
 cdef struct RW:
@@ -27,6 +31,8 @@ cdef struct RW:
     RWLabel *labels  # the metric's labels, sorted
     Py_ssize_t *at  # per label: where its field starts in base; at[n] is the end
     Py_ssize_t n
+    Py_ssize_t *order  # the shape's candidate labels (RWLabel.source), sorted
+    Py_ssize_t norder
     Py_ssize_t series
     uint64_t ts  # every sample's timestamp (the server's receive time)
 
@@ -54,21 +60,19 @@ cdef inline Py_ssize_t label_size(Py_ssize_t name_len, Py_ssize_t value_len) noe
     return 2 + varint_size(name_len) + name_len + varint_size(value_len) + value_len
 
 
-cdef inline void put_label(Buf *b, const char *name, Py_ssize_t name_len, const char *value,
-                           Py_ssize_t value_len) noexcept:  # the caller has grown b
-    b.data[b.len] = 0x0A  # TimeSeries.labels = 1
-    b.len += 1
-    put_varint_raw(b, label_size(name_len, value_len))
-    b.data[b.len] = 0x0A  # Label.name = 1
-    b.len += 1
-    put_varint_raw(b, name_len)
-    memcpy(b.data + b.len, name, name_len)
-    b.len += name_len
-    b.data[b.len] = 0x12  # Label.value = 2
-    b.len += 1
-    put_varint_raw(b, value_len)
-    memcpy(b.data + b.len, value, value_len)
-    b.len += value_len
+cdef inline char *label_at(char *p, const char *name, Py_ssize_t name_len, const char *value,
+                           Py_ssize_t value_len) noexcept:  # the caller has grown the buffer
+    """One ``TimeSeries.labels`` field at ``p``; returns its end."""
+    p[0] = 0x0A  # TimeSeries.labels = 1
+    p = varint_at(p + 1, label_size(name_len, value_len))
+    p[0] = 0x0A  # Label.name = 1
+    p = varint_at(p + 1, name_len)
+    tm_copy(p, name, name_len)
+    p += name_len
+    p[0] = 0x12  # Label.value = 2
+    p = varint_at(p + 1, value_len)
+    tm_copy(p, value, value_len)
+    return p + value_len
 
 
 cdef inline Py_ssize_t field_size(Py_ssize_t name_len, Py_ssize_t value_len) noexcept:
@@ -81,7 +85,9 @@ cdef inline void rw_begin(RW *rw) noexcept:
 
 
 cdef inline void rw_label(RW *rw, const char *name, Py_ssize_t name_len, const char *value,
-                          Py_ssize_t value_len) noexcept:  # rw.labels has room for every label
+                          Py_ssize_t value_len, Py_ssize_t source) noexcept:
+    # rw.labels has room for every label
+    rw.labels[rw.n].source = source
     rw.labels[rw.n].name = name
     rw.labels[rw.n].name_len = name_len
     rw.labels[rw.n].value = value
@@ -89,11 +95,13 @@ cdef inline void rw_label(RW *rw, const char *name, Py_ssize_t name_len, const c
     rw.n += 1
 
 
-cdef inline int rw_sort(RW *rw) except -1:
+cdef inline void rw_order(RW *rw) noexcept:
+    """Sort the candidates given with `rw_label` (a shape's, values of extras only) into
+    ``rw.order``; insertion sort: a handful of labels, mostly in order already."""
     cdef Py_ssize_t i, j
     cdef RWLabel tmp
     cdef RWLabel *l = rw.labels
-    for i in range(1, rw.n):  # insertion sort: a handful of labels, mostly in order already
+    for i in range(1, rw.n):
         tmp = l[i]
         j = i - 1
         while j >= 0 and pair_before(tmp.name, tmp.name_len, tmp.value, tmp.value_len,
@@ -101,15 +109,25 @@ cdef inline int rw_sort(RW *rw) except -1:
             l[j + 1] = l[j]
             j -= 1
         l[j + 1] = tmp
+    for i in range(rw.n):
+        rw.order[i] = l[i].source
+    rw.norder = rw.n
+
+
+cdef inline int rw_encode(RW *rw) except -1:
+    """Encode the metric's labels, given in order, as ``TimeSeries.labels`` fields in base."""
+    cdef Py_ssize_t i, size = 0
+    cdef RWLabel *l = rw.labels
+    cdef char *p
+    for i in range(rw.n):
+        size += field_size(l[i].name_len, l[i].value_len)
     rw.base.len = 0
-    j = 0
+    grow(&rw.base, size)
+    p = rw.base.data
     for i in range(rw.n):
-        j += field_size(l[i].name_len, l[i].value_len)
-    grow(&rw.base, j)
-    for i in range(rw.n):
-        rw.at[i] = rw.base.len
-        put_label(&rw.base, l[i].name, l[i].name_len, l[i].value, l[i].value_len)
-    rw.at[rw.n] = rw.base.len
+        rw.at[i] = p - rw.base.data
+        p = label_at(p, l[i].name, l[i].name_len, l[i].value, l[i].value_len)
+    rw.at[rw.n] = rw.base.len = p - rw.base.data
     return 0
 
 
@@ -145,6 +163,7 @@ cdef inline int rw_series(RW *rw, const char *name, Py_ssize_t name_len, const c
     cdef Py_ssize_t at_name, at_bound, size, sample, n
     cdef Py_ssize_t value_len = name_len + suffix_len
     cdef uint64_t bits
+    cdef char *p
     at_name = rw_place(rw, "__name__", 8, name, name_len, suffix, suffix_len)
     at_bound = rw.n
     size = rw.at[rw.n] + field_size(8, value_len)
@@ -154,47 +173,41 @@ cdef inline int rw_series(RW *rw, const char *name, Py_ssize_t name_len, const c
     sample = 1 + 8 + 1 + varint_size(rw.ts)
     size += 1 + varint_size(sample) + sample
     grow(out, 1 + 10 + size)
-    out.data[out.len] = 0x0A  # WriteRequest.timeseries = 1
-    out.len += 1
-    put_varint_raw(out, size)
+    p = out.data + out.len
+    p[0] = 0x0A  # WriteRequest.timeseries = 1
+    p = varint_at(p + 1, size)
     # "__name__" sorts before "le" and "quantile": the name goes first when both go at one place.
     n = rw.at[at_name]
     if n:
-        memcpy(out.data + out.len, rw.base.data, n)
-        out.len += n
-    out.data[out.len] = 0x0A  # TimeSeries.labels = 1
-    out.len += 1
-    put_varint_raw(out, label_size(8, value_len))
-    memcpy(out.data + out.len, b"\x0a\x08__name__\x12", 11)
-    out.len += 11
-    put_varint_raw(out, value_len)
-    memcpy(out.data + out.len, name, name_len)
-    out.len += name_len
+        memcpy(p, rw.base.data, n)
+        p += n
+    p[0] = 0x0A  # TimeSeries.labels = 1
+    p = varint_at(p + 1, label_size(8, value_len))
+    memcpy(p, b"\x0a\x08__name__\x12", 11)
+    p = varint_at(p + 11, value_len)
+    tm_copy(p, name, name_len)
+    p += name_len
     if suffix_len:
-        memcpy(out.data + out.len, suffix, suffix_len)
-        out.len += suffix_len
+        tm_copy(p, suffix, suffix_len)
+        p += suffix_len
     n = rw.at[at_bound] - rw.at[at_name]
-    memcpy(out.data + out.len, rw.base.data + rw.at[at_name], n)
-    out.len += n
+    memcpy(p, rw.base.data + rw.at[at_name], n)
+    p += n
     if bound_name_len:
-        put_label(out, bound_name, bound_name_len, bound, bound_len)
+        p = label_at(p, bound_name, bound_name_len, bound, bound_len)
         n = rw.at[rw.n] - rw.at[at_bound]
         if n:
-            memcpy(out.data + out.len, rw.base.data + rw.at[at_bound], n)
-            out.len += n
-    out.data[out.len] = 0x12  # TimeSeries.samples = 2
-    out.len += 1
-    put_varint_raw(out, sample)
-    out.data[out.len] = 0x09  # Sample.value = 1, fixed64
-    out.len += 1
+            memcpy(p, rw.base.data + rw.at[at_bound], n)
+            p += n
+    p[0] = 0x12  # TimeSeries.samples = 2
+    p = varint_at(p + 1, sample)
+    p[0] = 0x09  # Sample.value = 1, fixed64
     if value != value:
         bits = 0x7FF8000000000000ULL
     else:
         memcpy(&bits, &value, 8)
-    memcpy(out.data + out.len, &bits, 8)  # little endian, as the hosts we build for
-    out.len += 8
-    out.data[out.len] = 0x10  # Sample.timestamp = 2, varint
-    out.len += 1
-    put_varint_raw(out, rw.ts)
+    memcpy(p + 1, &bits, 8)  # little endian, as the hosts we build for
+    p[9] = 0x10  # Sample.timestamp = 2, varint
+    out.len = varint_at(p + 10, rw.ts) - out.data
     rw.series += 1
     return 0

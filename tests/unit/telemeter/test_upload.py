@@ -23,7 +23,7 @@ DAY = 24 * 3600 * 1000
 KEEP_ALL = Whitelist.from_strings(['{__name__=~".+"}'])
 
 NAMES = ["up", "node_load1", "ALERTS", "cluster:cpu:sum", "a_b"]
-LABELS = ["_id", "instance", "job", "le_x", "pod"]
+LABELS = ["_id", "instance", "job", "le_x", "pod", "Zone", "a"]  # "Zone" sorts before "__name__"
 VALUE_FIELDS: dict[int, str] = {
     metrics_pb2.COUNTER: "counter",
     metrics_pb2.GAUGE: "gauge",
