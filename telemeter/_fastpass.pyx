@@ -16,6 +16,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
@@ -263,6 +264,22 @@ cdef inline bint before(const char *a, Py_ssize_t an, const char *b, Py_ssize_t 
 
 
 # ---- the pass ---------------------------------------------------------------------------------
+
+cdef class _Written:
+    """The Remote-Write request the pass wrote, handed over without a copy: it owns the pass's
+    buffer, and ``memoryview(it)`` reads it (the server compresses it, then drops it)."""
+    cdef char *data
+    cdef Py_ssize_t size
+
+    def __dealloc__(self):
+        free(self.data)
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, self.data, self.size, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        pass
+
 
 cdef class _Pass:
     cdef const uint8_t *d
@@ -754,6 +771,7 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
     cdef const uint8_t *d = <const uint8_t *>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = 0, fpos, count = 0, rw_start
+    cdef _Written written
     cdef Span msg, sub
     cdef int field, wire, kind
     cdef uint64_t raw
@@ -904,6 +922,9 @@ def process(bytes data, object config, int64_t now_ms, int64_t min_timestamp_ms,
             result.write_request = b"".join(parts + [write_tail])
         else:
             put(&p.rw.out, PyBytes_AS_STRING(write_tail), PyBytes_GET_SIZE(write_tail))
-            result.write_request = PyBytes_FromStringAndSize(p.rw.out.data, p.rw.out.len)
+            written = _Written()
+            written.data, written.size = p.rw.out.data, p.rw.out.len
+            p.rw.out.data, p.rw.out.len, p.rw.out.cap = NULL, 0, 0
+            result.write_request = memoryview(written)
         result.write_series = p.rw.series
     return result

@@ -160,7 +160,7 @@ def _inflate_into(
     return bytes(out)
 
 
-def encode_block(data: bytes) -> bytes:
+def encode_block(data: bytes | memoryview) -> bytes:
     """Compress ``data`` into one snappy block (the format of remote write)."""
     return bytes(cramjam.snappy.compress_raw(data))
 

@@ -82,7 +82,7 @@ class PassResult:
     families: list[tuple[str, int, bytes]] = field(default_factory=list)
     # With remote_write: the WriteRequest of the families' lines (telemeter.remotewrite) and
     # its number of series.
-    write_request: bytes = b""
+    write_request: bytes | memoryview = b""  # the compiled pass's, over its own buffer
     write_series: int = 0
     received: int = 0
     kept: int = 0
