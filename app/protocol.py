@@ -22,11 +22,13 @@ import time
 from typing import Any
 
 from prometheus_client import Counter
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from app.errors import PayloadTooLarge, RequestTimeout, http_error
 from app.runtime import Runtime
@@ -214,6 +216,7 @@ class TelemeterProtocol(HttpToolsProtocol):
     linger_ends: Counter | None = None
     runtime: Runtime | None = None
     _head_timer: asyncio.TimerHandle | None = None
+    _addresses_unread = False  # connection_made defers reading them (see `server`)
     _linger: _Linger | None = None
     _body_done = True  # the parser's current request has no more body to come
 
@@ -307,12 +310,44 @@ class TelemeterProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's, but for the addresses: they cost a socket object and two system calls per
+        # connection, and only a request to the ASGI app reads them (see `server`, `client`).
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
+        self._addresses_unread = True
         self._arm_head_timer()
+
+    def _read_addresses(self) -> None:
+        self._addresses_unread = False
+        self._server = get_local_addr(self.transport)
+        self._client = get_remote_addr(self.transport)
+
+    @property
+    def server(self) -> tuple[str, int | None] | None:
+        if self._addresses_unread:
+            self._read_addresses()
+        return self._server
+
+    @server.setter
+    def server(self, value: tuple[str, int | None] | None) -> None:
+        self._server = value
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        if self._addresses_unread:
+            self._read_addresses()
+        return self._client
+
+    @client.setter
+    def client(self, value: tuple[str, int] | None) -> None:
+        self._client = value
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm_head_timer()
+        if self._head_timer is None:  # else armed when the connection was made: still running
+            self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
