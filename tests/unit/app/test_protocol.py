@@ -93,3 +93,34 @@ def test_closed_connections_leave_no_reference_cycles(request_: bytes, answer: b
     assert open_ >= CONNECTIONS  # the connections' objects are seen (the check can fail)
     assert closed == 0
     assert lingered == (CONNECTIONS if b"99999" in request_ else 0)
+
+
+async def _addresses(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = repr((scope["client"], scope["server"])).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_the_app_still_sees_both_addresses() -> None:
+    """The addresses are looked up only when a request to the ASGI app reads them."""
+
+    async def run() -> tuple[bytes, bytes]:
+        port = free_port()
+        server = _Server(_config(_addresses, f"127.0.0.1:{port}", None, None, head_timeout_s=5))
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+                await asyncio.sleep(0.01)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            host, local_port = writer.get_extra_info("sockname")[:2]
+            writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer, repr(((host, local_port), ("127.0.0.1", port))).encode()
+        finally:
+            server.should_exit = True
+            await serving
+
+    answer, expected = asyncio.run(run())
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert expected in answer, (answer, expected)  # the body (chunked)
