@@ -345,7 +345,19 @@ class TelemeterProtocol(HttpToolsProtocol):
         self._client = value
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's, but the scope's addresses are filled in only for the ASGI app (below).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
         if self._head_timer is None:  # else armed when the connection was made: still running
             self._arm_head_timer()
 
@@ -362,6 +374,7 @@ class TelemeterProtocol(HttpToolsProtocol):
             or not (self.url == b"/upload" or self.url.startswith(b"/upload?"))
             or self.parser.should_upgrade()
         ):
+            self.scope["server"], self.scope["client"] = self.server, self.client
             super().on_headers_complete()
             asgi = self.cycle
             if isinstance(asgi, RequestResponseCycle) and asgi.transport is self.transport:
