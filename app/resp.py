@@ -122,12 +122,14 @@ class Connection(asyncio.Protocol):
         return self._send(encode(args), 0, timeout_s)
 
     def batch(
-        self, commands: Sequence[Sequence[bytes]], *, timeout_s: float
+        self, commands: Sequence[Sequence[bytes] | bytes], *, timeout_s: float
     ) -> asyncio.Future[Any]:
-        """Send many commands at once; the future gets the list of their replies, in order."""
+        """Send many commands (each its arguments, or already `encode`d) at once; the future
+        gets the list of their replies, in order."""
         if not commands:
             raise ValueError("an empty batch")
-        return self._send(b"".join([encode(c) for c in commands]), len(commands), timeout_s)
+        data = b"".join([c if isinstance(c, bytes) else encode(c) for c in commands])
+        return self._send(data, len(commands), timeout_s)
 
     def _send(self, data: bytes, count: int, timeout_s: float) -> asyncio.Future[Any]:
         if self.closed or self._transport is None:
