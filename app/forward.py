@@ -130,6 +130,7 @@ class ClientCredentials:
         self._endpoint: str | None = None
         self._token: str | None = None
         self._until = 0.0
+        self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
         """Forget the token (the receiver answered 401)."""
@@ -137,8 +138,13 @@ class ClientCredentials:
 
     async def header(self) -> str:
         """The ``Authorization`` header value; raises httpx.HTTPError when it cannot get one."""
-        if self._token is not None and time.monotonic() < self._until:
-            return f"Bearer {self._token}"
+        if self._token is None or time.monotonic() >= self._until:
+            async with self._lock:  # the lanes ask at once: one grant for them all
+                if self._token is None or time.monotonic() >= self._until:
+                    await self._grant()
+        return f"Bearer {self._token}"
+
+    async def _grant(self) -> None:
         if self._endpoint is None:
             found = await self._http.get(f"{self._issuer}/.well-known/openid-configuration")
             found.raise_for_status()
@@ -149,7 +155,6 @@ class ClientCredentials:
         self._token = str(body["access_token"])
         lifetime = float(body.get("expires_in", 300))
         self._until = time.monotonic() + max(lifetime * 0.9, lifetime - 60)
-        return f"Bearer {self._token}"
 
 
 def batches(
