@@ -275,17 +275,18 @@ class Forwarder:
 
     async def cycle(self) -> float:
         """Send what the owned ranges' streams hold; returns the seconds to wait before the next."""
-        ranges = sorted(self._owned())
         s = self._s
-        heads = await self._store.read_queues(ranges, count=s.forward_batch_entries)
-        now_ms = time.time() * 1000
-        oldest = min((q[0].stamp_ms for q in heads if q), default=None)
-        self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
         count = s.forward_batch_entries
-        full = [r for r, q in zip(ranges, heads, strict=True) if len(q) >= count]
+        read = await self._store.read_queues(sorted(self._owned()), count=count)
+        heads = [q for q in read if q]  # most streams are empty
+        now_ms = time.time() * 1000
+        oldest = min((q[0].stamp_ms for q in heads), default=None)
+        self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
+        full = [q[0].range_id for q in heads if len(q) >= count]
         lengths = await self._store.queue_lengths(full)  # the others hold what was read
         self.metrics.queue_length.set(sum(lengths) + sum(len(q) for q in heads if len(q) < count))
-        expired = [e for q in heads for e in q if now_ms - e.stamp_ms > s.forward_max_age * 1000]
+        max_age_ms = s.forward_max_age * 1000
+        expired = [e for q in heads for e in q if now_ms - e.stamp_ms > max_age_ms]
         if expired:
             await self._store.ack(expired)
             self.metrics.dropped.labels("too_old").inc(sum(e.series for e in expired))
@@ -297,7 +298,9 @@ class Forwarder:
             t: p for t, p in self._paused.items() if p.until > now - 2 * s.forward_backoff_max
         }  # a tenant throttled long ago starts its backoff afresh
         waiting = {t for t, p in self._paused.items() if p.until > now}
-        live = [e for q in heads for e in q if id(e) not in gone and self._tenant(e) not in waiting]
+        live = [e for q in heads for e in q]
+        if gone or waiting:
+            live = [e for e in live if id(e) not in gone and self._tenant(e) not in waiting]
         if not live:
             return self._idle(s.forward_interval)
         done: list[QueuedEntry] = []

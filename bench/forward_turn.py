@@ -10,6 +10,7 @@ Redis and the receiver on the others, as in ``bench.forward``. Prints the median
 rounds (docs/benchmarks.md, "Remote write (forwarding)").
 
     python -m bench.forward_turn [--rounds 30] [--entries 100] [--profile FILE]
+    mkfifo ctl; PERF_CTL=ctl perf record -D -1 --control fifo:ctl -- python -m bench.forward_turn
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import argparse
 import asyncio
 import cProfile
 import os
+import resource
 import tempfile
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -35,6 +39,7 @@ from dev.redis_cluster import LocalRedisCluster
 from telemeter import remotewrite, snappy
 
 SERIES = 232
+T = TypeVar("T")
 
 
 def write_request(cluster_id: str, now_ms: int) -> tuple[bytes, int]:
@@ -70,8 +75,15 @@ async def measure(
                   latency=latency)  # fmt: skip
     all_ranges = frozenset(range(keys.RANGES))
     forwarder = Forwarder(settings, store, lambda: all_ranges, ForwardMetrics())
+    spent: defaultdict[str, float] = defaultdict(
+        float
+    )  # CPU s of the turns' Redis reads and deletes
+    store.read_queues = _timed(spent, "read", store.read_queues)  # type: ignore[method-assign]
+    store.ack = _timed(spent, "delete", store.ack)  # type: ignore[method-assign]
     profiler = cProfile.Profile() if profile else None
-    per_upload: list[float] = []
+    ctl = os.environ.get("PERF_CTL")  # perf record -D -1 --control fifo:PATH: only the turns
+    perf = open(ctl, "w", buffering=1) if ctl else None  # noqa: SIM115, ASYNC230
+    parts: dict[str, list[float]] = {"all": [], "read": [], "delete": [], "send": [], "sys": []}
     idle: list[float] = []
     for n in range(rounds + 2):  # two warm-up rounds
         now_ms = int(time.time() * 1000)
@@ -81,27 +93,59 @@ async def measure(
             await store.enqueue(f"c{n}-{i}", forward, queue_limit=1000)
         if profiler and n >= 2:
             profiler.enable()
-        start = time.process_time()
+        if perf and n >= 2:
+            perf.write("enable\n")
+        spent.clear()
+        start, usage = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         while await forwarder.cycle() == 0.0:  # 0: a stream was read full, another turn at once
             pass
         busy = time.process_time() - start
+        system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - usage.ru_stime
         start = time.process_time()
         await forwarder.cycle()
         empty = time.process_time() - start
         if profiler:
             profiler.disable()
+        if perf:
+            perf.write("disable\n")
         if forwarder.metrics.errors._value.get():
             raise SystemExit("the receiver refused requests")
         if n >= 2:
-            per_upload.append(busy / entries * 1e6)
+            us = 1e6 / entries
+            parts["all"].append(busy * us)
+            parts["read"].append(spent["read"] * us)
+            parts["delete"].append(spent["delete"] * us)
+            parts["send"].append((busy - spent["read"] - spent["delete"]) * us)
+            parts["sys"].append(system * us)
             idle.append(empty * 1e3)
     await forwarder.stop()
     await store.close()
-    out(f"forwarder CPU per upload: {median(per_upload):.1f} us (median of {rounds} rounds of "
-        f"{entries}; {min(per_upload):.1f}-{max(per_upload):.1f})")  # fmt: skip
+    a = parts["all"]
+    out(f"forwarder CPU per upload: {median(a):.1f} us (median of {rounds} rounds of {entries}; "
+        f"{min(a):.1f}-{max(a):.1f})")  # fmt: skip
+    out("  of it: " + ", ".join(f"{k} {median(v):.1f}" for k, v in parts.items() if k != "all")
+        + " us (sys: kernel time, mean " + f"{sum(parts['sys']) / len(a):.1f})")  # fmt: skip
     out(f"idle turn (256 empty streams): {median(idle):.2f} ms")
+    registry = forwarder.metrics.registry
+    name = "telemeter_forward_request_duration_seconds"
+    total = registry.get_sample_value(f"{name}_sum", {"status_code": "204"}) or 0.0
+    requests = registry.get_sample_value(f"{name}_count", {"status_code": "204"}) or 1.0
+    out(f"request latency (a round's, pipelined): {total / requests * 1e3:.2f} ms mean")
     if profiler and profile:
         profiler.dump_stats(profile)
+
+
+def _timed(spent: defaultdict[str, float], part: str, call: Callable[..., Awaitable[T]]) -> Any:
+    """``call``, its process CPU added to ``spent[part]`` (awaited alone within a turn)."""
+
+    async def timed(*args: Any, **kwargs: Any) -> T:
+        start = time.process_time()
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            spent[part] += time.process_time() - start
+
+    return timed
 
 
 def _cpus(spec: str) -> set[int]:
