@@ -14,6 +14,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -53,8 +54,7 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):  # a tuple: made for every forwarded request, a third of a dataclass
     status: int
     body: bytes
     headers: Mapping[str, str]  # names in lower case

@@ -39,17 +39,17 @@ def parse_answer(
         if len(data) >= MAX_HEAD_BYTES:
             raise HTTPError("answer headers too long")
         return None
-    status_line, *lines = data[:end].decode("latin-1").split("\r\n")
-    version, _, rest = status_line.partition(" ")
-    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+    lines = data[:end].decode("latin-1").split("\r\n")
+    status_line = lines[0]  # HTTP/1.x NNN reason
+    if status_line[:7] != "HTTP/1." or status_line[8:9] != " " or not status_line[9:12].isdigit():
         raise HTTPError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     fields: dict[str, str] = {}
-    for line in lines:
+    for line in lines[1:]:
         name, sep, value = line.partition(":")
         if sep:
             fields[name.strip().lower()] = value.strip()
-    status = int(rest[:3])
-    close = version == "HTTP/1.0" or fields.get("connection", "").lower() == "close"
+    status = int(status_line[9:12])
+    close = status_line[7] == "0" or fields.get("connection", "").lower() == "close"
     start = end + 4
     if status in (204, 304) or status < 200:
         return Answer(status, b"", fields), start, close  # RFC 9112 6.3: no body
@@ -83,6 +83,7 @@ def _chunked(data: bytearray, pos: int, limit: int) -> tuple[bytes, int] | None:
     while True:
         line_end = data.find(b"\r\n", pos)
         if line_end < 0:
+            _line_limit(data, pos)
             return None
         try:
             size = int(bytes(data[pos:line_end]).split(b";")[0].strip() or b"0", 16)
@@ -96,6 +97,7 @@ def _chunked(data: bytearray, pos: int, limit: int) -> tuple[bytes, int] | None:
             while True:  # trailer fields, up to an empty line
                 line_end = data.find(b"\r\n", pos)
                 if line_end < 0:
+                    _line_limit(data, pos)
                     return None
                 if line_end == pos:
                     return b"".join(data[a:b] for a, b in spans), pos + 2
@@ -106,12 +108,18 @@ def _chunked(data: bytearray, pos: int, limit: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
+def _line_limit(data: bytearray, pos: int) -> None:
+    """No line ends after ``pos`` yet: wait for more, unless the line is already too long."""
+    if len(data) - pos > MAX_HEAD_BYTES:
+        raise HTTPError("a chunk's size or trailer line too long")
+
+
 class _Answers(asyncio.Protocol):
     """The reading side of a connection: the answers of the round in flight."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)  # connection_made
         self.closed = False
         self.got_data = False  # anything at all read in this round
         self._buffer = bytearray()
@@ -170,8 +178,7 @@ class _Answers(asyncio.Protocol):
     def _fail(self, exc: BaseException | None) -> None:
         """End the connection; the round in flight, if short of answers, fails with ``exc``."""
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        self.transport.close()
         if len(self._answers) < self._expected:
             exc = exc or ConnectionError("the server closed the connection before the last answer")
             self._wake(exc)
@@ -206,14 +213,13 @@ class Pipeline:
         it could not read (ConnectionError, HTTPError, AnswerTooLarge); one retry of them all if
         a reused connection had closed before anything came back."""
         for attempt in (0, 1):
-            reused = self._answers is not None and not self._answers.closed
-            if not reused:
-                await self._open()
             reader = self._answers
-            assert reader is not None and reader.transport is not None
+            reused = reader is not None and not reader.closed and not reader.transport.is_closing()
+            if reader is None or not reused:
+                reader = await self._open()
             done = reader.expect(count, answers)
-            reader.transport.writelines(data)
             try:
+                reader.transport.writelines(data)
                 await done
                 return
             except ConnectionError:
@@ -222,7 +228,7 @@ class Pipeline:
                 if not reused or attempt or reader.got_data:
                     raise
 
-    async def _open(self) -> None:
+    async def _open(self) -> _Answers:
         self.close()
         ep = self.endpoint
         context = self.ssl_context if ep.scheme == "https" else None
@@ -230,9 +236,10 @@ class Pipeline:
         _, self._answers = await loop.create_connection(
             lambda: _Answers(self.limit), ep.host, ep.port, ssl=context
         )
+        return self._answers
 
     def close(self) -> None:
         """Close the socket (the next round opens a new one)."""
-        if self._answers is not None and self._answers.transport is not None:
+        if self._answers is not None:
             self._answers.transport.close()
         self._answers = None

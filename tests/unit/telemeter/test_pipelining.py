@@ -72,6 +72,10 @@ def test_close_eof_bodies_and_limits() -> None:
         parse_answer(bytearray(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000), 100)
     with pytest.raises(HTTPError):
         parse_answer(bytearray(b"SSH-2.0-OpenSSH\r\n\r\n"), 100)
+    endless = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"0" * 70000
+    assert parse_answer(bytearray(endless[:1000]), 100) is None  # a size line still coming
+    with pytest.raises(HTTPError):
+        parse_answer(bytearray(endless), 100)
     with pytest.raises(HTTPError):
         parse_answer(bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), 100)
 
