@@ -9,7 +9,7 @@ Last, the CPU of an idle turn (the heads of the 256 empty streams). The forwarde
 Redis and the receiver on the others, as in ``bench.forward``. Prints the medians over the
 rounds (docs/benchmarks.md, "Remote write (forwarding)").
 
-    python -m bench.forward_turn [--rounds 30] [--entries 100] [--profile FILE]
+    python -m bench.forward_turn [--rounds 30] [--entries 100] [--profile FILE] [--tenant-id T]
     mkfifo ctl; PERF_CTL=ctl perf record -D -1 --control fifo:ctl -- python -m bench.forward_turn
 """
 
@@ -55,21 +55,20 @@ def write_request(cluster_id: str, now_ms: int) -> tuple[bytes, int]:
     return request, len(request)
 
 
-async def run(rounds: int, entries: int, profile: str | None) -> None:
+async def run(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, _cpus(OTHER_CPUS))  # Redis and the receiver inherit the other cores
     with tempfile.TemporaryDirectory() as tmp, LocalRedisCluster(base_dir=Path(tmp)) as cluster:
         receiver = start_receiver(workdir=Path(tmp) / "receiver")
         os.sched_setaffinity(0, _cpus(SERVER_CPUS))  # the forwarder on core 0, as the server
         try:
-            await measure(cluster, receiver.url + "/api/v1/write", rounds, entries, profile)
+            await measure(cluster, receiver.url + "/api/v1/write", args)
         finally:
             receiver.process.stop()
 
 
-async def measure(
-    cluster: LocalRedisCluster, url: str, rounds: int, entries: int, profile: str | None
-) -> None:
-    settings = ServerSettings(forward_url=url)
+async def measure(cluster: LocalRedisCluster, url: str, args: argparse.Namespace) -> None:
+    rounds, entries, profile = args.rounds, args.entries, args.profile
+    settings = ServerSettings(forward_url=url, tenant_id=args.tenant_id)
     latency = Histogram("latency", "", ["op"], registry=CollectorRegistry())
     store = Store(nodes=cluster.startup_nodes, password=None, ttl_ms=600_000, ratelimit_ms=0,
                   latency=latency)  # fmt: skip
@@ -158,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--entries", type=int, default=100)
     parser.add_argument("--profile", help="write a cProfile of the turns to this file")
+    parser.add_argument("--tenant-id", help="one tenant for all (unset: a tenant per cluster)")
     args = parser.parse_args(argv)
     try:
         import uvloop  # the server's loop (app/main.py)
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(args.rounds, args.entries, args.profile))
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
