@@ -5,7 +5,8 @@ The server's remote-write forwarding, the benchmark's simulated clusters and the
 cycle send small requests; a general client (httpx) costs about a millisecond of CPU per request
 in its own machinery, several times the work of the request itself (docs/benchmarks.md, "Remote
 write"). This one writes the request in one ``write`` and reads the answer with two stream reads;
-``pipeline`` writes many at once (the forwarder's requests of a lane, docs/architecture.md D13).
+``pipeline`` writes many at once. The server's forwarder pipelines through `telemeter.pipelining`
+instead, which parses the answers as they arrive (docs/architecture.md D13).
 """
 
 from __future__ import annotations
