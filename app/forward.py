@@ -40,7 +40,8 @@ from app.errors import StoreUnavailable
 from app.settings import ServerSettings
 from app.store import QueuedEntry, Store
 from telemeter import remotewrite, snappy
-from telemeter.httpclient import Answer, Connection, Endpoint, HTTPError
+from telemeter.httpclient import Answer, Endpoint, HTTPError
+from telemeter.pipelining import Pipeline
 from telemeter.selfmetrics import MetricSet, counter, gauge, histogram
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class Outcome:
     retry: bool  # worth retrying later (5xx, 429, timeout, connection)
     reason: str  # for the metrics: "2xx", "status_500", "timeout", ...
     retry_after: float | None = None
+
+
+SENT = Outcome(sent=True, retry=False, reason="2xx")
 
 
 class ForwardMetrics(MetricSet):
@@ -126,6 +130,7 @@ class ClientCredentials:
         self._endpoint: str | None = None
         self._token: str | None = None
         self._until = 0.0
+        self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
         """Forget the token (the receiver answered 401)."""
@@ -133,8 +138,13 @@ class ClientCredentials:
 
     async def header(self) -> str:
         """The ``Authorization`` header value; raises httpx.HTTPError when it cannot get one."""
-        if self._token is not None and time.monotonic() < self._until:
-            return f"Bearer {self._token}"
+        if self._token is None or time.monotonic() >= self._until:
+            async with self._lock:  # the lanes ask at once: one grant for them all
+                if self._token is None or time.monotonic() >= self._until:
+                    await self._grant()
+        return f"Bearer {self._token}"
+
+    async def _grant(self) -> None:
         if self._endpoint is None:
             found = await self._http.get(f"{self._issuer}/.well-known/openid-configuration")
             found.raise_for_status()
@@ -145,7 +155,6 @@ class ClientCredentials:
         self._token = str(body["access_token"])
         lifetime = float(body.get("expires_in", 300))
         self._until = time.monotonic() + max(lifetime * 0.9, lifetime - 60)
-        return f"Bearer {self._token}"
 
 
 def batches(
@@ -211,7 +220,7 @@ class Forwarder:
         self.metrics = metrics
         metrics.queue_limit.set(settings.forward_queue_limit)
         tls = client_tls(settings)
-        self._pool = [Connection(self._endpoint, tls) for _ in range(settings.forward_concurrency)]
+        self._pool = [Pipeline(self._endpoint, tls) for _ in range(settings.forward_concurrency)]
         self._http: httpx.AsyncClient | None = None
         self._auth: ClientCredentials | None = None
         if settings.oidc_issuer:
@@ -221,7 +230,13 @@ class Forwarder:
         self._attempt = 0
         self._paused: dict[str, _Pause] = {}  # tenant -> when it may send again (429)
         self._durations: dict[int, Any] = {}
-        self._headers = {**remotewrite.HEADERS, "User-Agent": USER_AGENT}
+        # Every request's head but its tenant, length and token, written once (sent as is).
+        ep = self._endpoint
+        fields = {"Host": ep.host_header, **remotewrite.HEADERS, "User-Agent": USER_AGENT}
+        self._head = "".join(
+            [f"POST {ep.path} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in fields.items())]
+        ).encode("latin-1")
+        self._tenant_field = f"{settings.tenant_header}: ".encode("latin-1")
 
     async def start(self) -> None:
         """Start the forwarding loop."""
@@ -260,17 +275,18 @@ class Forwarder:
 
     async def cycle(self) -> float:
         """Send what the owned ranges' streams hold; returns the seconds to wait before the next."""
-        ranges = sorted(self._owned())
         s = self._s
-        heads = await self._store.read_queues(ranges, count=s.forward_batch_entries)
-        now_ms = time.time() * 1000
-        oldest = min((q[0].stamp_ms for q in heads if q), default=None)
-        self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
         count = s.forward_batch_entries
-        full = [r for r, q in zip(ranges, heads, strict=True) if len(q) >= count]
+        read = await self._store.read_queues(sorted(self._owned()), count=count)
+        heads = [q for q in read if q]  # most streams are empty
+        now_ms = time.time() * 1000
+        oldest = min((q[0].stamp_ms for q in heads), default=None)
+        self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
+        full = [q[0].range_id for q in heads if len(q) >= count]
         lengths = await self._store.queue_lengths(full)  # the others hold what was read
         self.metrics.queue_length.set(sum(lengths) + sum(len(q) for q in heads if len(q) < count))
-        expired = [e for q in heads for e in q if now_ms - e.stamp_ms > s.forward_max_age * 1000]
+        max_age_ms = s.forward_max_age * 1000
+        expired = [e for q in heads for e in q if now_ms - e.stamp_ms > max_age_ms]
         if expired:
             await self._store.ack(expired)
             self.metrics.dropped.labels("too_old").inc(sum(e.series for e in expired))
@@ -282,7 +298,9 @@ class Forwarder:
             t: p for t, p in self._paused.items() if p.until > now - 2 * s.forward_backoff_max
         }  # a tenant throttled long ago starts its backoff afresh
         waiting = {t for t, p in self._paused.items() if p.until > now}
-        live = [e for q in heads for e in q if id(e) not in gone and self._tenant(e) not in waiting]
+        live = [e for q in heads for e in q]
+        if gone or waiting:
+            live = [e for e in live if id(e) not in gone and self._tenant(e) not in waiting]
         if not live:
             return self._idle(s.forward_interval)
         done: list[QueuedEntry] = []
@@ -304,7 +322,7 @@ class Forwarder:
         return min([interval, *resume])
 
     async def _lane(
-        self, lane: list[QueuedEntry], conn: Connection, done: list[QueuedEntry]
+        self, lane: list[QueuedEntry], conn: Pipeline, done: list[QueuedEntry]
     ) -> Outcome | None:
         """Send a lane's batches in order, pipelined in rounds of at most one batch per tenant
         (a tenant's next batch waits for the answer to its last); stop after the round of the
@@ -336,9 +354,14 @@ class Forwarder:
             outcomes = await self._send(round_, conn)
             for batch, outcome in zip(round_, outcomes, strict=True):
                 tenant = self._tenant(batch[0])
-                left = await self._settle(batch, outcome, conn, done)
+                if outcome is SENT:
+                    done.extend(batch)
+                    left = None
+                else:
+                    left = await self._settle(batch, outcome, conn, done)
                 if left is None:
-                    self._paused.pop(tenant, None)
+                    if self._paused:
+                        self._paused.pop(tenant, None)
                 elif left.reason == "status_429":
                     self._pause(tenant, left.retry_after)
                     throttled.add(tenant)
@@ -358,7 +381,7 @@ class Forwarder:
         self._paused[tenant] = pause
 
     async def _settle(
-        self, batch: list[QueuedEntry], outcome: Outcome, conn: Connection,
+        self, batch: list[QueuedEntry], outcome: Outcome, conn: Pipeline,
         done: list[QueuedEntry],
     ) -> Outcome | None:  # fmt: skip
         """Act on a batch's answer; None when it is done with (sent or dropped: its entries go
@@ -382,41 +405,52 @@ class Forwarder:
         done.extend(batch)
         return None
 
-    async def _send(self, round_: list[list[QueuedEntry]], conn: Connection) -> list[Outcome]:
-        """Send batches pipelined on one connection: an outcome per batch, in order."""
-        requests = []
+    def _requests(self, round_: list[list[QueuedEntry]], auth: bytes) -> list[bytes]:
+        """The batches' requests as written: for each its head, then its body."""
+        out = []
+        head, tenant_field, tenant_id = self._head, self._tenant_field, self._s.tenant_id
         for batch in round_:
-            headers = {**self._headers, self._s.tenant_header: self._tenant(batch[0])}
-            requests.append((headers, request_body(batch)))
+            body = request_body(batch)
+            tenant = (tenant_id or batch[0].tenant).encode("latin-1")
+            out.append(b"%s%s%s%s\r\nContent-Length: %d\r\n\r\n"
+                       % (head, auth, tenant_field, tenant, len(body)))  # fmt: skip
+            out.append(body)
+        return out
+
+    async def _send(self, round_: list[list[QueuedEntry]], conn: Pipeline) -> list[Outcome]:
+        """Send batches pipelined on one connection: an outcome per batch, in order."""
         answers: list[Answer] = []
         start = time.perf_counter()
         failed, error = "", None
         try:
+            auth = b""
             if self._auth is not None:
-                auth = await self._auth.header()
-                for headers, _ in requests:
-                    headers["Authorization"] = auth
+                auth = b"Authorization: %s\r\n" % (await self._auth.header()).encode("latin-1")
             async with asyncio.timeout(self._s.forward_timeout):
-                await conn.pipeline("POST", self._endpoint.path, requests, answers)
+                await conn.round(self._requests(round_, auth), len(round_), answers)
         except TimeoutError:
             conn.close()  # the answers may still come: this connection is out of step
             failed = "timeout"
         except (OSError, EOFError, ValueError, HTTPError, httpx.HTTPError) as exc:
             conn.close()
             failed, error = "connection", repr(exc)
-        outcomes = [self._outcome(b, a, start) for b, a in zip(round_, answers, strict=False)]
+        elapsed = time.perf_counter() - start
+        outcomes = [self._outcome(a, elapsed) for a in answers]
+        sent = [b for b, o in zip(round_, outcomes, strict=False) if o is SENT]
+        if sent:
+            self.metrics.samples.inc(sum([e.series for b in sent for e in b]))
         if failed:
             log.info("forwarding: request failed; retrying later reason=%s error=%s requests=%d",
                      failed, error, len(round_) - len(answers))  # fmt: skip
-            outcomes += [self._failed(failed, start) for _ in round_[len(answers) :]]
+            outcomes += [self._failed(failed, elapsed) for _ in round_[len(answers) :]]
         return outcomes
 
-    def _outcome(self, batch: list[QueuedEntry], answer: Answer, start: float) -> Outcome:
+    def _outcome(self, answer: Answer, elapsed: float) -> Outcome:
+        """What an answer means (the samples of a 2xx are counted by the caller)."""
         code = answer.status
-        self._observe(code, start)
+        self._observe(code, elapsed)
         if 200 <= code < 300:
-            self.metrics.samples.inc(sum(e.series for e in batch))
-            return Outcome(sent=True, retry=False, reason="2xx")
+            return SENT
         self.metrics.errors.inc()
         if code == 401 and self._auth is not None:
             self._auth.invalidate()  # a stale token: get a new one and try again
@@ -430,14 +464,14 @@ class Forwarder:
             return Outcome(sent=False, retry=True, reason=reason, retry_after=retry_after)
         return Outcome(sent=False, retry=False, reason=f"status_{code}")
 
-    def _observe(self, code: int, start: float) -> None:
+    def _observe(self, code: int, elapsed: float) -> None:
         child = self._durations.get(code)
         if child is None:
             child = self._durations[code] = self.metrics.duration.labels(str(code))
-        child.observe(time.perf_counter() - start)
+        child.observe(elapsed)
 
-    def _failed(self, reason: str, start: float) -> Outcome:
-        self._observe(0, start)
+    def _failed(self, reason: str, elapsed: float) -> Outcome:
+        self._observe(0, elapsed)
         self.metrics.errors.inc()
         self.metrics.retries.labels(reason).inc()
         return Outcome(sent=False, retry=True, reason=reason)

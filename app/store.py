@@ -9,6 +9,7 @@ before Redis becomes ready by itself when Redis appears.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -61,7 +62,7 @@ class Forward:
     stamp_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made for every entry of every turn, that costs 3x
 class QueuedEntry:
     """One entry of a range's remote-write stream."""
 
@@ -309,33 +310,22 @@ class Store:
         return int(wait)
 
     async def read_queues(self, ranges: list[int], *, count: int) -> list[list[QueuedEntry]]:
-        """The first ``count`` entries of each range's remote-write stream, oldest first."""
+        """The first ``count`` entries of each range's remote-write stream, oldest first (every
+        turn of the forwarder asks this of all 256 ranges: their commands are encoded once)."""
         if not ranges:
             return []
         async with self._call("queue_read") as client:
             replies: list[list[Any]] = await self._per_node(
-                client,
-                [keys.forward_key(r) for r in ranges],
-                command=lambda key: (b"XRANGE", key, b"-", b"+", b"COUNT", b"%d" % count),
-                convert=lambda raw: [(entry_id, _hash(flat)) for entry_id, flat in raw],
-                add=lambda pipe, key: pipe.xrange(key, count=count),
-            )
-        out = []
-        for r, reply in zip(ranges, replies, strict=True):
-            entries = []
-            for entry_id, fields in reply or ():
-                entries.append(
-                    QueuedEntry(
-                        range_id=r,
-                        entry_id=entry_id,
-                        body=fields[b"b"],
-                        size=int(fields[b"u"]),
-                        tenant=fields[b"t"].decode(),
-                        series=int(fields[b"n"]),
-                        stamp_ms=int(fields[b"s"]),
-                    )
-                )
-            out.append(entries)
+                client, [_forward_key(r) for r in ranges], command=lambda key: _xrange(key, count),
+                convert=lambda raw: raw, add=lambda pipe, key: pipe.xrange(key, count=count),
+                slot_of=_forward_slot,
+            )  # fmt: skip
+        out: list[list[QueuedEntry]] = [[] for _ in ranges]
+        for r, reply, entries in zip(ranges, replies, out, strict=True):
+            for entry_id, flat in reply or ():
+                f = _hash(flat)
+                entries.append(QueuedEntry(r, entry_id, f[b"b"], int(f[b"u"]), f[b"t"].decode(),
+                                           int(f[b"n"]), int(f[b"s"])))  # fmt: skip
         return out
 
     async def queue_lengths(self, ranges: list[int]) -> list[int]:
@@ -344,12 +334,9 @@ class Store:
             return []
         async with self._call("queue_len") as client:
             lengths: list[int] = await self._per_node(
-                client,
-                [keys.forward_key(r) for r in ranges],
-                command=lambda key: (b"XLEN", key),
-                convert=int,
-                add=lambda pipe, key: pipe.xlen(key),
-            )
+                client, [_forward_key(r) for r in ranges], command=lambda key: (b"XLEN", key),
+                convert=int, add=lambda pipe, key: pipe.xlen(key), slot_of=_forward_slot,
+            )  # fmt: skip
         return [int(n or 0) for n in lengths]
 
     async def ack(self, entries: Iterable[QueuedEntry]) -> None:
@@ -357,11 +344,11 @@ class Store:
         connections (redis-py's pipeline cost ~30 us of CPU per stream and turn)."""
         ids: dict[str, list[bytes]] = {}
         for e in entries:
-            ids.setdefault(keys.forward_key(e.range_id), []).append(e.entry_id)
+            ids.setdefault(_forward_key(e.range_id), []).append(e.entry_id)
         if ids:
             async with self._call("queue_ack") as client:
                 await self._per_node(client, list(ids), command=lambda key: (
-                    b"XDEL", key, *ids[key.decode()]), convert=int,
+                    b"XDEL", key, *ids[key.decode()]), convert=int, slot_of=_forward_slot,
                     add=lambda pipe, key: pipe.xdel(key, *ids[key]))  # fmt: skip
 
     async def _on_node(
@@ -475,22 +462,24 @@ class Store:
         client: RedisCluster,
         names: list[str],
         *,
-        command: Callable[[bytes], tuple[bytes, ...]],
+        command: Callable[[bytes], tuple[bytes, ...] | bytes],
         convert: Callable[[Any], Any],
         add: Callable[[Any, str], Any],
+        slot_of: Callable[[bytes], int] = key_slot,
     ) -> list[Any]:
         """One single-key command per name, sent as one batch on the kept connection per primary.
 
-        ``command`` gives the raw command and ``convert`` shapes its raw reply the way redis-py
-        would; ``add`` queues the same command on a redis-py pipeline. The cluster client takes
-        over for a node that fails (it finds the node's successor) and for a reply redirected
-        because a slot moved (it follows the redirection).
+        ``command`` gives the raw command (or it encoded) and ``convert`` shapes its raw reply
+        the way redis-py would; ``add`` queues the same command on a redis-py pipeline; the
+        ``slot_of`` a key. The cluster client takes over for a node that fails (it finds the
+        node's successor) and for a reply redirected because a slot moved (it follows the
+        redirection).
         """
         groups: dict[str, list[int]] = {}
         nodes: dict[str, ClusterNode] = {}
         encoded = [name.encode() for name in names]
         for i, key in enumerate(encoded):
-            node = _primary(client, key_slot(key))
+            node = _primary(client, slot_of(key))
             if node is None:
                 raise StoreUnavailable(f"no node serves the slot of {names[i]}")
             groups.setdefault(node.name, []).append(i)
@@ -575,6 +564,16 @@ async def _close_quietly(client: RedisCluster) -> None:
 def _failed(op: str, exc: BaseException) -> StoreUnavailable:
     log.warning("redis operation failed op=%s error=%r", op, exc)
     return StoreUnavailable(f"redis {op} failed")
+
+
+_forward_key = functools.lru_cache(maxsize=keys.RANGES)(keys.forward_key)
+_forward_slot = functools.lru_cache(maxsize=keys.RANGES)(key_slot)
+
+
+@functools.lru_cache(maxsize=keys.RANGES)
+def _xrange(key: bytes, count: int) -> bytes:
+    """The command reading the head of a stream, the same every turn."""
+    return resp.encode((b"XRANGE", key, b"-", b"+", b"COUNT", b"%d" % count))
 
 
 def _primary(client: RedisCluster, slot: int) -> ClusterNode | None:

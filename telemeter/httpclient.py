@@ -5,7 +5,8 @@ The server's remote-write forwarding, the benchmark's simulated clusters and the
 cycle send small requests; a general client (httpx) costs about a millisecond of CPU per request
 in its own machinery, several times the work of the request itself (docs/benchmarks.md, "Remote
 write"). This one writes the request in one ``write`` and reads the answer with two stream reads;
-``pipeline`` writes many at once (the forwarder's requests of a lane, docs/architecture.md D13).
+``pipeline`` writes many at once. The server's forwarder pipelines through `telemeter.pipelining`
+instead, which parses the answers as they arrive (docs/architecture.md D13).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -53,8 +55,7 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):  # a tuple: made for every forwarded request, a third of a dataclass
     status: int
     body: bytes
     headers: Mapping[str, str]  # names in lower case

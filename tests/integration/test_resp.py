@@ -98,6 +98,25 @@ def test_connection_pipelines_commands_in_order(
 
 
 @pytest.mark.parametrize("loop", _loops())
+def test_large_replies_read_in_slices(redis_cluster: RedisClusterHandle, loop: str) -> None:
+    host, port = redis_cluster.startup_nodes[0]
+    # ECHO needs no key: replies of every size around and far above a feed slice, in one batch
+    # (the reads then hold many replies and cut them anywhere).
+    sizes = [resp.FEED_BYTES - 1, resp.FEED_BYTES, 3, 700_000, *range(9_000, 12_000, 97)]
+    values = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+
+    async def main() -> list[Any]:
+        conn = await resp.Connection.open(host, port, password=redis_cluster.password, timeout_s=5)
+        try:
+            batch: list[Any] = await conn.batch([(b"ECHO", v) for v in values], timeout_s=10)
+            return batch
+        finally:
+            conn.close()
+
+    assert _run(loop, main()) == values
+
+
+@pytest.mark.parametrize("loop", _loops())
 def test_connection_failures_raise(loop: str) -> None:
     async def main() -> None:
         await resp.Connection.open("127.0.0.1", free_port(), password=None, timeout_s=2)
