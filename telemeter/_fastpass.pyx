@@ -334,6 +334,14 @@ cdef class _Pass:
         free(self.lbuf.data)
         free(self.fbuf.data)
 
+    cdef inline Py_ssize_t value_of(self, Py_ssize_t i, Py_ssize_t j, const char **value) noexcept:
+        """The value of name i after the extra labels (j: its action, not ELIDED); its length."""
+        if j == KEPT:
+            value[0] = <const char *>self.d + self.labels[i].value
+            return self.labels[i].value_len
+        value[0] = self.extras[j].value
+        return self.extras[j].value_len
+
     cdef int put_labels(self, Py_ssize_t nlabels) except -1:
         """Render `{a="b",...` (no closing brace) into lbuf: elide, replace and append extras."""
         cdef Buf *b = &self.lbuf
@@ -349,12 +357,7 @@ cdef class _Pass:
                 continue
             name = <const char *>self.d + self.labels[i].name
             name_len = self.labels[i].name_len
-            if j == KEPT:
-                value = <const char *>self.d + self.labels[i].value
-                value_len = self.labels[i].value_len
-            else:
-                value = self.extras[j].value
-                value_len = self.extras[j].value_len
+            value_len = self.value_of(i, j, &value)
             if value_len == 0:
                 continue
             put(b, "," if b.len else "{", 1)
@@ -396,13 +399,7 @@ cdef class _Pass:
                     rw_label(&self.rw, self.extras[j].name, self.extras[j].name_len, value,
                              value_len, i)
                 continue
-            j = self.action[i]
-            if j == KEPT:
-                value = <const char *>self.d + self.labels[i].value
-                value_len = self.labels[i].value_len
-            else:
-                value = self.extras[j].value
-                value_len = self.extras[j].value_len
+            value_len = self.value_of(i, self.action[i], &value)
             if value_len:
                 rw_label(&self.rw, <const char *>self.d + self.labels[i].name,
                          self.labels[i].name_len, value, value_len, i)
