@@ -47,6 +47,7 @@ TARGET_MS = 0.15  # forwarding may add at most this much server CPU per standard
 # ours+fwd1: one --tenant-id for all, so a request carries up to --forward-batch-entries uploads
 # (with a tenant per cluster, consecutive entries of a stream rarely share one: one upload each).
 MODES = ("ours", "ours+fwd", "ours+fwd1", "go", "go+fwd")
+APPENDED = "prometheus_tsdb_head_samples_appended_total"  # the receiver's count
 
 
 def drain(handle: ServerHandle, *, timeout: float = 20.0) -> None:
@@ -67,7 +68,9 @@ def measure(
     bench: Stack, mode: str, receiver: str, *, seconds: float, rate: float, clusters: int, seed: int
 ) -> tuple[float, float, float, float]:
     """One run: (server ms CPU per accepted upload, forwarded samples per CPU second, uploads/s,
-    samples the server forwarded in all, warm-up included)."""
+    samples the server forwarded in all, warm-up included). Says so when the receiver
+    appended another number of samples meanwhile."""
+    appended_before = metric_sum(receiver + "/metrics", APPENDED)
     with server(bench, mode, receiver + "/api/v1/write") as handle:
         config = load_config(handle, workers=clusters, interval_s=clusters / rate, seed=seed)
         config = dataclasses.replace(config, ramp_up_s=None)  # spread: a steady rate
@@ -88,6 +91,10 @@ def measure(
     if summary.accepted < summary.attempts or errors:
         refused = summary.attempts - summary.accepted
         out(f"    {mode}: {refused} uploads refused, {errors:.0f} forwarding errors")
+    appended = metric_sum(receiver + "/metrics", APPENDED) - appended_before
+    if appended != total:  # the server stopped: what it sent is all in (or lost)
+        out(f"    {mode}: the receiver appended {appended:,.0f} samples, the server counted "
+            f"{total:,.0f} as forwarded (2xx)")  # fmt: skip
     per_upload = cpu / max(1, summary.accepted) * 1000
     return per_upload, samples / max(cpu, 1e-9), summary.uploads_per_s, total
 
@@ -139,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with pinned(OTHER_CPUS), stack(pin_redis=OTHER_CPUS) as bench:
         receiver = start_receiver(workdir=bench.workdir / "receiver")
         try:
-            appended = "prometheus_tsdb_head_samples_appended_total"
-            received_before = metric_sum(receiver.url + "/metrics", appended)
+            received_before = metric_sum(receiver.url + "/metrics", APPENDED)
             for i in range(args.runs):
                 order = modes if i % 2 == 0 else modes[::-1]  # A/B interleaved, ABBA
                 for mode in order:
@@ -155,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         + (f", {result[1]:,.0f} samples forwarded/CPU s" if result[1] else "")
                     )
             time.sleep(2)
-            received = metric_sum(receiver.url + "/metrics", appended) - received_before
+            received = metric_sum(receiver.url + "/metrics", APPENDED) - received_before
             try:  # a loaded receiver may take longer than the query's timeout: then not counted
                 ids = receiver.query("count(count by (_id) ({_id!=''}))")
             except httpx.HTTPError:
