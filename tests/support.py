@@ -181,6 +181,16 @@ def valid_families(cluster_id: str) -> list[metrics_pb2.MetricFamily]:
     return families
 
 
+def empty_forward_queues(startup_nodes: list[tuple[str, int]], password: str | None) -> None:
+    """Delete every range's remote-write stream, so that a forwarding test's receiver gets only
+    that test's uploads: the suite shares one Redis Cluster, and a stopped server leaves what it
+    had not forwarded queued (at least once), for the next owner of the range."""
+    from tests.integration.test_redis_cluster import cluster_client
+
+    with cluster_client(startup_nodes, password) as client:
+        client.delete(*[keys.forward_key(r) for r in range(keys.RANGES)])
+
+
 def stored(rclient: RedisCluster, cluster_id: str) -> bytes | None:
     """The snapshot value stored for ``cluster_id``, if any."""
     value = rclient.get(keys.snapshot_key(cluster_id))

@@ -28,7 +28,7 @@ from dev.prometheus import PrometheusHandle, find_prometheus, query, start_recei
 from telemeter import remotewrite
 from tests.conftest import RedisClusterHandle
 from tests.integration.test_faults import FAST_ARGS, seq_body
-from tests.support import UPLOAD_HEADERS, authorize, chunks, wait_for
+from tests.support import UPLOAD_HEADERS, authorize, chunks, empty_forward_queues, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -231,6 +231,8 @@ def scripted(request: pytest.FixtureRequest) -> Iterator[ScriptedReceiver]:
 def one_server(
     redis_cluster: RedisClusterHandle, signing_key: Path, tmp_path: Path, url: str, *extra: str
 ) -> ServerHandle:
+    """A forwarding server whose receiver will see only this test's uploads."""
+    empty_forward_queues(redis_cluster.startup_nodes, redis_cluster.password)
     return start_server(
         redis_url=redis_cluster.url,
         workdir=tmp_path,
