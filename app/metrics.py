@@ -57,11 +57,14 @@ class ServerMetrics(MetricSet):
         super().__init__()
         for end in LINGER_ENDS:
             self.lingering_closes.labels(end)
-        # The children every accepted upload touches, looked up once (labels() is not free).
-        self.upload_ok = self.requests.labels("200", "/upload", "post")
-        self.upload_duration = self.duration.labels("/upload")
-        self.overwritten_past = self.overwritten.labels("past")
-        self.overwritten_future = self.overwritten.labels("future")
+        # What every accepted upload updates: children looked up once (labels() is not free),
+        # behind fronts added up at scrape time.
+        self.upload_ok = self.counter_front(self.requests.labels("200", "/upload", "post"))
+        self.upload_duration = self.histogram_front(self.duration.labels("/upload"))
+        self.uploads_stored = self.counter_front(self.uploads)
+        self.series_stored = self.counter_front(self.series)
+        self.overwritten_past = self.counter_front(self.overwritten.labels("past"))
+        self.overwritten_future = self.counter_front(self.overwritten.labels("future"))
 
 
 class HTTPMetrics:

@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
+import httptools
 from prometheus_client import Counter
+from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -29,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
 
 from app.errors import PayloadTooLarge, RequestTimeout, http_error
 from app.runtime import Runtime
@@ -36,6 +40,10 @@ from app.uploads import upload
 from telemeter.errors import TelemeterError
 
 log = logging.getLogger(__name__)
+
+
+# What uvicorn's protocol makes anew for each connection (everything else it sets is shared).
+_PER_CONNECTION = frozenset(("parser", "pipeline"))
 
 
 class _Disconnected(Exception):
@@ -58,13 +66,24 @@ class UploadCycle:
         self.keep_alive = keep_alive
         self.response_complete = False
         self.disconnected = False
-        self.message_event = asyncio.Event()  # set on each change below
+        self._event: asyncio.Event | None = None  # made only if the body is waited for
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = rt.settings.limit_bytes
         self.complete = False
         # Asked for a 100 Continue not (yet) sent: answered early, the body may never come.
         self.awaiting_continue = self.headers.get("expect", "").lower() == "100-continue"
+
+    @property
+    def message_event(self) -> asyncio.Event:
+        """Set on each change below (the body grew, ended, or the client left)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
 
     # ---- called by the protocol (parser callbacks) ----
 
@@ -77,12 +96,12 @@ class UploadCycle:
             self.chunks.append(body)
         else:
             self.chunks = []
-            self.message_event.set()
+            self._wake()
 
     def end(self) -> None:
         """The body is complete."""
         self.complete = True
-        self.message_event.set()
+        self._wake()
 
     async def read_body(self, limit: int, seconds: float) -> bytes:
         """The whole body; PayloadTooLarge past ``limit``, RequestTimeout past ``seconds``."""
@@ -132,8 +151,10 @@ class UploadCycle:
             status, reason = 500, "internal error"
         if status != 499:
             self._answer(status, reason, retry_after)
-        count = m.upload_ok if status == 200 else m.requests.labels(str(status), "/upload", "post")
-        count.inc()
+        if status == 200:
+            m.upload_ok.inc()
+        else:
+            m.requests.labels(str(status), "/upload", "post").inc()
         m.upload_duration.observe(time.perf_counter() - start)
 
     def _answer(self, status: int, reason: str, retry_after: int | None) -> None:
@@ -219,6 +240,8 @@ class TelemeterProtocol(HttpToolsProtocol):
     _addresses_unread = False  # connection_made defers reading them (see `server`)
     _linger: _Linger | None = None
     _body_done = True  # the parser's current request has no more body to come
+    # The attributes uvicorn sets alike for every connection of a listener (see __init__).
+    _shared: tuple[Config, ServerState, dict[str, Any]] | None = None
 
     # ---- lingering close (docs/protocol.md, "Lingering close") ----
 
@@ -308,6 +331,26 @@ class TelemeterProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             log.info("closing a connection whose request head did not arrive in time")
             self.transport.close()
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's sets ~30 attributes, most of them the same for every connection of a
+        # listener, and looks up two loggers: the first connection's are kept and copied.
+        shared = type(self)._shared
+        if shared is None or shared[0] is not config or shared[1] is not server_state:
+            super().__init__(config, server_state, app_state, _loop)
+            state = {k: v for k, v in vars(self).items() if k not in _PER_CONNECTION}
+            type(self)._shared = (config, server_state, state)
+            return
+        self.__dict__.update(shared[2])
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.pipeline = deque()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's, but for the addresses: they cost a socket object and two system calls per

@@ -148,15 +148,20 @@ class Connection(asyncio.Protocol):
             raise ConnectionError("redis connection closed")
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
+        idle = not self._waiters and not self._outgoing
         self._waiters.append((waiter, loop.call_later(timeout_s, self._expire, waiter), count))
+        if idle:  # nothing in flight (a steady trickle of uploads): no one to share a write with
+            self._transport.write(data)
+            return waiter
         if not self._outgoing:
             loop.call_soon(self._flush)
         self._outgoing.append(data)
         return waiter
 
     def _flush(self) -> None:
-        """Write the commands queued since the last flush: under load, the uploads handled in one
-        turn of the event loop share one system call (and Redis one read)."""
+        """Write the commands queued since the last flush: under load (commands already in
+        flight), the uploads handled in one turn of the event loop share one system call (and
+        Redis one read)."""
         data, self._outgoing = self._outgoing, []
         if self._transport is not None and not self.closed:
             self._transport.write(data[0] if len(data) == 1 else b"".join(data))

@@ -139,8 +139,8 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
         raise RateLimited("upload rate limit exceeded", retry_after=math.ceil(wait_ms / 1000))
     rt.remember_limit(cluster_id, s.ratelimit)
     m = rt.metrics
-    m.uploads.inc()
-    m.series.inc(counts.kept)
+    m.uploads_stored.inc()
+    m.series_stored.inc(counts.kept)
     if counts.past:
         m.overwritten_past.inc(counts.past)
     if counts.future:

@@ -124,3 +124,29 @@ def test_the_app_still_sees_both_addresses() -> None:
     answer, expected = asyncio.run(run())
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert expected in answer, (answer, expected)  # the body (chunked)
+
+
+def test_connections_share_the_listener_state_but_not_the_parser() -> None:
+    asyncio.run(_two_connections_and_another_listener())
+
+
+async def _two_connections_and_another_listener() -> None:
+    rt = Runtime(parse_settings(["--redis-url", f"redis://127.0.0.1:{free_port()}"]))
+    config = _config(_ok, f"127.0.0.1:{free_port()}", None, None, head_timeout_s=5, uploads=rt)
+    config.load()
+    server = _Server(config)
+    cls: type[TelemeterProtocol] = config.http_protocol_class  # type: ignore[assignment]
+    first, second = (
+        cls(config=config, server_state=server.server_state, app_state={}) for _ in range(2)
+    )
+    assert first.parser is not second.parser and first.pipeline is not second.pipeline
+    assert first.logger is second.logger and first.timeout_keep_alive == config.timeout_keep_alive
+    assert first.connections is second.connections is server.server_state.connections
+    second.pipeline.append(("cycle", "app"))  # type: ignore[arg-type]
+    assert not first.pipeline
+    # Another listener (its own config and state) gets its own.
+    other = _config(_ok, f"127.0.0.1:{free_port()}", None, None, head_timeout_s=5, uploads=rt)
+    other.load()
+    other_cls: type[TelemeterProtocol] = other.http_protocol_class  # type: ignore[assignment]
+    third = other_cls(config=other, server_state=_Server(other).server_state, app_state={})
+    assert third.config is other and third.connections is not first.connections
