@@ -99,25 +99,20 @@ for r in string.gmatch(ARGV[5], '%d+') do
   end
 end
 local results = {}
--- Renewals: one HMGET and one HSET for all of them (a command each cost Redis, its replica and
--- the AOF ~1.6 ms a heartbeat at 256 ranges; docs/benchmarks.md, "Redis CPU at rest").
-local renew = {}
-for r in string.gmatch(ARGV[3], '%d+') do table.insert(renew, r) end
-if #renew > 0 then
-  local held = redis.call('HMGET', KEYS[3], unpack(renew))
-  local renewed = {}
-  for i, r in ipairs(renew) do
-    local granted = 0
-    if held[i] == name then
-      granted = now + lease
-      table.insert(renewed, r)
-      table.insert(renewed, granted)
-    end
-    table.insert(results, tonumber(r))
-    table.insert(results, granted)
+-- Renewals are written with one HSET: one a range cost Redis, its replica and the AOF more
+-- than the rest of the heartbeat (docs/benchmarks.md, "Redis CPU at rest").
+local renewed = {}
+for r in string.gmatch(ARGV[3], '%d+') do
+  local granted = 0
+  if redis.call('HGET', KEYS[3], r) == name then
+    granted = now + lease
+    table.insert(renewed, r)
+    table.insert(renewed, granted)
   end
-  if #renewed > 0 then redis.call('HSET', KEYS[4], unpack(renewed)) end
+  table.insert(results, tonumber(r))
+  table.insert(results, granted)
 end
+if #renewed > 0 then redis.call('HSET', KEYS[4], unpack(renewed)) end
 for r in string.gmatch(ARGV[4], '%d+') do
   local granted = 0
   local owner = redis.call('HGET', KEYS[3], r)

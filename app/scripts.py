@@ -1,4 +1,5 @@
-"""Every Lua script the server runs in Redis, each in one slot (so Redis Cluster can run it).
+"""Every Lua script the server runs in Redis, each in one slot (so Redis Cluster can run it), but
+`SAVE_AND_QUEUE`, which runs where its two slots are on one node.
 
 Key names come from `app.keys`; times are milliseconds unless a name says otherwise.
 """
@@ -29,6 +30,29 @@ return redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 'u', ARGV[3], 't', ARGV[4]
 """
 
 ENQUEUE_BYTES = ENQUEUE.encode()
+
+# An upload of a server with --forward-url whose snapshot slot and range slot are on one node
+# (nearly always: a range is 64 adjacent slots): the rate limit, the queue's bound, the index
+# entry, the queue entry and the snapshot in one script, so one round trip and nothing to take
+# back (docs/architecture.md D13). KEYS: snapshot, rate limit (the cluster's slot). The range's
+# keys are ARGV[1] (index) and ARGV[2] (stream), reached as undeclared keys, which
+# allow-cross-slot-keys permits on the node that serves them; the stream is read before anything
+# is written, so on any other node the script fails with nothing done. ARGV[3..]: the cluster ID,
+# now (ms), the snapshot, its TTL, the rate limit window, the queue limit, then the entry's
+# fields as for ENQUEUE. Returns 0, the ms to wait (rate limited), or nil (the queue is full).
+SAVE_AND_QUEUE = """#!lua flags=allow-cross-slot-keys
+local wait = redis.call('PTTL', KEYS[2])
+if wait > 0 then return wait end
+if redis.call('XLEN', ARGV[2]) >= tonumber(ARGV[8]) then return false end
+redis.call('ZADD', ARGV[1], ARGV[4], ARGV[3])
+redis.call('XADD', ARGV[2], '*', 'b', ARGV[9], 'u', ARGV[10], 't', ARGV[11], 'n', ARGV[12],
+  's', ARGV[13])
+redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[6])
+if tonumber(ARGV[7]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[7]) end
+return 0
+"""
+
+SAVE_AND_QUEUE_BYTES = SAVE_AND_QUEUE.encode()
 
 # A fixed one-minute window of received remote-write requests per cluster: 0, or the ms left in
 # the window once it holds ARGV[2] requests.

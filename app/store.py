@@ -33,6 +33,7 @@ from app.scripts import (
     COUNT_RECEIVE,
     ENQUEUE,
     ENQUEUE_BYTES,
+    SAVE_AND_QUEUE_BYTES,
     SAVE_SNAPSHOT,
     SAVE_SNAPSHOT_BYTES,
 )
@@ -185,9 +186,10 @@ class Store:
 
         The index entry is written first: an entry without a snapshot is harmless (skipped and
         later pruned), a snapshot without an entry would be invisible. With ``forward``, the
-        upload is queued for remote write before the snapshot is written (the two are in other
-        slots, so no script can do both): a full queue is `QueueFull` and nothing is written, and
-        an upload refused by the rate limit takes its queue entry back.
+        upload is also queued for remote write, in its range's slot: where that slot and the
+        cluster's are on one node, one script does all of it (`SAVE_AND_QUEUE`); else the queue
+        entry is written first, and taken back if the rate limit refuses the upload. A full
+        queue is `QueueFull`, and the snapshot is not written.
         """
         if forward is not None:
             return await self._save_and_queue(cluster_id, value, now_ms, forward, queue_limit)
@@ -244,8 +246,10 @@ class Store:
         self, cluster_id: str, value: bytes, now_ms: int, forward: Forward, queue_limit: int
     ) -> int:
         snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
-        range_id = keys.range_of_slot(key_slot(snap.encode()))
+        snap_slot = key_slot(snap.encode())
+        range_id = keys.range_of_slot(snap_slot)
         index, stream = keys.index_key(range_id), keys.forward_key(range_id)
+        index_slot = key_slot(index.encode())
         ttl, ratelimit = self.ttl_ms, self.ratelimit_ms
         args = (
             b"%d" % queue_limit,
@@ -255,6 +259,44 @@ class Store:
             b"%d" % forward.series,
             b"%d" % forward.stamp_ms,
         )
+        client = await self._connect()
+        start = time.perf_counter()
+        try:
+            node, index_node = _primary(client, snap_slot), _primary(client, index_slot)
+            if node is not None and index_node is not None and node.name == index_node.name:
+                wait = await self._one_command(node, (
+                    b"EVAL", SAVE_AND_QUEUE_BYTES, b"2", snap.encode(), limit.encode(),
+                    index.encode(), stream.encode(), cluster_id.encode(), b"%d" % now_ms, value,
+                    b"%d" % ttl, b"%d" % ratelimit, *args,
+                ))  # fmt: skip
+                if wait is None:
+                    raise QueueFull(f"the remote-write queue of range {range_id} is full")
+                if wait is not _UNANSWERED:
+                    return int(wait)
+            return await self._queue_then_save(
+                client, cluster_id, value, now_ms, range_id, args, index_node
+            )
+        except REDIS_ERRORS as exc:
+            raise _failed("save", exc) from exc
+        finally:
+            self._observe("save", start)
+
+    async def _queue_then_save(
+        self,
+        client: RedisCluster,
+        cluster_id: str,
+        value: bytes,
+        now_ms: int,
+        range_id: int,
+        args: tuple[bytes, ...],
+        index_node: ClusterNode | None,
+    ) -> int:
+        """`_save_and_queue` with its two slots on two nodes (or after its one command failed):
+        the index entry and the queue entry, then the snapshot; an upload the rate limit refuses
+        takes its queue entry back."""
+        snap, limit = keys.snapshot_key(cluster_id), keys.ratelimit_key(cluster_id)
+        index, stream = keys.index_key(range_id), keys.forward_key(range_id)
+        ttl, ratelimit = self.ttl_ms, self.ratelimit_ms
         zadd = (b"ZADD", index.encode(), b"%d" % now_ms, cluster_id.encode())
         enqueue = (b"EVAL", ENQUEUE_BYTES, b"1", stream.encode(), *args)
         save = (b"EVAL", SAVE_SNAPSHOT_BYTES, b"2", snap.encode(), limit.encode(), value,
@@ -269,23 +311,15 @@ class Store:
         def save_again(c: RedisCluster) -> Awaitable[Any]:
             return c.eval(SAVE_SNAPSHOT, 2, snap, limit, value, ttl, ratelimit)
 
-        client = await self._connect()
-        start = time.perf_counter()
-        try:
-            index_node = _primary(client, key_slot(index.encode()))
-            _, entry_id = await self._on_node(
-                client, index_node, [(zadd, index_again), (enqueue, enqueue_again)]
-            )
-            if entry_id is None:
-                raise QueueFull(f"the remote-write queue of range {range_id} is full")
-            snap_node = _primary(client, key_slot(snap.encode()))
-            (wait,) = await self._on_node(client, snap_node, [(save, save_again)])
-            if int(wait) > 0:
-                await client.xdel(stream, entry_id)
-        except REDIS_ERRORS as exc:
-            raise _failed("save", exc) from exc
-        finally:
-            self._observe("save", start)
+        _, entry_id = await self._on_node(
+            client, index_node, [(zadd, index_again), (enqueue, enqueue_again)]
+        )
+        if entry_id is None:
+            raise QueueFull(f"the remote-write queue of range {range_id} is full")
+        snap_node = _primary(client, key_slot(snap.encode()))
+        (wait,) = await self._on_node(client, snap_node, [(save, save_again)])
+        if int(wait) > 0:
+            await client.xdel(stream, entry_id)
         return int(wait)
 
     async def enqueue(self, cluster_id: str, forward: Forward, *, queue_limit: int) -> None:
@@ -380,6 +414,21 @@ class Store:
                 reply = await fallback(client)
             results.append(reply)
         return results
+
+    async def _one_command(self, node: ClusterNode, command: tuple[bytes, ...]) -> Any:
+        """One command on the kept connection to ``node``: its reply, or ``_UNANSWERED`` when it
+        could not be sent, was not answered or answered an error (the caller then goes the
+        cluster client's way)."""
+        try:
+            conn = await self._connection(node)
+            reply = await conn.call(command, timeout_s=self._timeout_s)
+        except NODE_ERRORS as exc:
+            log.info("node command failed, retrying via the cluster error=%r", exc)
+            return _UNANSWERED
+        if isinstance(reply, resp.ReplyError):
+            log.info("node answered an error, retrying via the cluster error=%s", reply)
+            return _UNANSWERED
+        return reply
 
     async def _connection(self, node: ClusterNode) -> resp.Connection:
         """The kept connection to a node, opened on first use and after it closed."""
