@@ -53,7 +53,7 @@ OTHER_CPUS = f"1-{CORES - 1}" if CORES > 1 else "0"
 RING_ARGS = ("--ring-heartbeat", "0.5s", "--ring-lease", "2s")
 # The servers whose CPU per upload is compared with Go's run the ring at its defaults, as
 # production does: at the short times its heartbeats alone cost Redis ~0.03 ms per upload at
-# 100 uploads/s (docs/benchmarks.md, "Redis CPU at rest").
+# 100 uploads/s (docs/benchmarks.md, "Fixed costs cut in the evening of 2026-12-03").
 PRODUCTION_RING: tuple[str, ...] = ()
 FILL_BATCH = 50  # clusters pushed at once when filling (the server takes 64 uploads at a time)
 

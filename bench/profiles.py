@@ -8,7 +8,8 @@ Two views of each path:
   folded into functions).
 - cProfile counts Python-level calls in a server run under ``python -m cProfile``: if any
   Python function were called per sample, it would show at least 232 calls per upload (or one
-  per served series on ``/federate``). The largest counts per request are printed.
+  per served series on ``/federate``). The largest counts per request are printed, and their
+  sum; for uploads also at a real rate (100/s from the Go benchmark, a new connection each).
 
 py-spy is a bench-only dependency (``pip install py-spy``); without it that part is skipped.
 
@@ -29,7 +30,19 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.common import RING_ARGS, Stack, fill, load, load_config, machine_description, out, stack
+from bench import realrate
+from bench.common import (
+    PRODUCTION_RING,
+    RING_ARGS,
+    Stack,
+    fill,
+    load,
+    load_config,
+    machine_description,
+    metric_sum,
+    out,
+    stack,
+)
 from bench.federate import fetch
 from dev.launch import KEEP_ALL, ServerHandle
 from dev.ports import free_ports
@@ -119,7 +132,7 @@ def print_frames(title: str, raw: Path) -> None:
 
 
 def start_profiled_server(
-    bench: Stack, name: str, prof: Path, extra: Sequence[str]
+    bench: Stack, name: str, prof: Path, extra: Sequence[str], ring: Sequence[str] = RING_ARGS
 ) -> ServerHandle:
     """A server run under ``python -m cProfile`` (the stats are written when it stops)."""
     ext, internal = free_ports(2)
@@ -127,7 +140,7 @@ def start_profiled_server(
         sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "app.main",
         "--name", name, "--redis-url", bench.cluster.url,
         "--listen", f"127.0.0.1:{ext}", "--listen-internal", f"127.0.0.1:{internal}",
-        "--shared-key", str(bench.key), "--whitelist", KEEP_ALL, *RING_ARGS, *extra,
+        "--shared-key", str(bench.key), "--whitelist", KEEP_ALL, *ring, *extra,
     ]  # fmt: skip
     proc = ManagedProcess(name, argv, log_path=bench.workdir / f"{name}.log").start()
     handle = ServerHandle(proc, name, f"http://127.0.0.1:{ext}", f"http://127.0.0.1:{internal}")
@@ -160,6 +173,7 @@ def print_call_counts(
     extra = many[1] - few[1]
     rows = sorted(((large[name] - small.get(name, 0)) / extra, name) for name in large)[::-1]
     out(f"{title}: most-called functions per {per} (cProfile, {few[1]} vs {many[1]} {per}s)")
+    out(f"    {sum(calls for calls, _ in rows):9.1f} calls/{per} in all")
     for calls, name in rows[:TOP]:
         out(f"    {calls:9.1f} calls/{per}  {name}")
 
@@ -182,6 +196,26 @@ def profile_uploads(bench: Stack, workdir: Path, seconds: float) -> None:
             raise RuntimeError(f"profiled uploads: {summary.statuses}")
         runs.append((prof, uploads))
     print_call_counts("upload path", runs[0], runs[1], per="upload")
+
+
+def profile_real_rate(bench: Stack, workdir: Path, rate: float = 100.0) -> None:
+    """cProfile of the upload path at a real rate: the Go ``telemeter-benchmark`` pushing
+    ``rate`` uploads/s, each on a new connection (`bench.realrate`), to a server with the ring at
+    its default times; two runs of different lengths, as for the saturation counts."""
+    runs = []
+    for seconds in (4.0, 14.0):
+        prof = workdir / f"realrate-{seconds:.0f}.prof"
+        profiled = start_profiled_server(
+            bench, "prof-realrate", prof, ["--ratelimit", "0s"], ring=PRODUCTION_RING
+        )
+        try:
+            with realrate.go_benchmark(bench, profiled, clusters=round(rate * 3), interval=3):
+                time.sleep(seconds)
+            uploads = round(metric_sum(profiled.internal + "/metrics", "telemeter_uploads_total"))
+        finally:
+            profiled.process.stop()
+        runs.append((prof, uploads))
+    print_call_counts(f"upload path at {rate:.0f} uploads/s, new connections", *runs, per="upload")
 
 
 def profile_federate(bench: Stack, workdir: Path, seconds: float, clusters: int) -> None:
@@ -231,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         with stack() as bench:
             profile_uploads(bench, workdir, args.seconds)
+            profile_real_rate(bench, workdir)
             profile_federate(bench, workdir, args.seconds, args.clusters)
 
 
