@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # What uvicorn's protocol makes anew for each connection (everything else it sets is shared).
 _PER_CONNECTION = frozenset(("parser", "pipeline"))
+# The request headers `app.uploads.upload` and `UploadCycle` read.
+_UPLOAD_HEADERS = frozenset(
+    (b"authorization", b"content-type", b"content-encoding", b"content-length", b"expect")
+)
 
 
 class _Disconnected(Exception):
@@ -60,8 +64,10 @@ class UploadCycle:
     def __init__(self, protocol: TelemeterProtocol, rt: Runtime, *, keep_alive: bool) -> None:
         self.protocol = protocol
         self.rt = rt
-        self.headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in protocol.headers
+        self.headers = {  # the ones an upload reads (uvicorn lowercased the names)
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in protocol.headers
+            if name in _UPLOAD_HEADERS
         }
         self.keep_alive = keep_alive
         self.response_complete = False
