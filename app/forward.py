@@ -466,8 +466,9 @@ class Forwarder:
 
     def _observe(self, code: int, elapsed: float) -> None:
         child = self._durations.get(code)
-        if child is None:
-            child = self._durations[code] = self.metrics.duration.labels(str(code))
+        if child is None:  # observed on every answer: a front, added up at scrape time
+            child = self.metrics.histogram_front(self.metrics.duration.labels(str(code)))
+            self._durations[code] = child
         child.observe(elapsed)
 
     def _failed(self, reason: str, elapsed: float) -> Outcome:

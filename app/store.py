@@ -50,6 +50,8 @@ NODE_ERRORS = (ConnectionError, TimeoutError, OSError)
 
 
 _UNANSWERED = object()  # a command the bare connection could not run
+# The fields of a queue entry, in the order ENQUEUE and SAVE_AND_QUEUE write them.
+_ENTRY_FIELDS = [b"b", b"u", b"t", b"n", b"s"]
 
 
 @dataclass(frozen=True)
@@ -357,9 +359,14 @@ class Store:
         out: list[list[QueuedEntry]] = [[] for _ in ranges]
         for r, reply, entries in zip(ranges, replies, out, strict=True):
             for entry_id, flat in reply or ():
-                f = _hash(flat)
-                entries.append(QueuedEntry(r, entry_id, f[b"b"], int(f[b"u"]), f[b"t"].decode(),
-                                           int(f[b"n"]), int(f[b"s"])))  # fmt: skip
+                if isinstance(flat, list) and flat[::2] == _ENTRY_FIELDS:  # as the scripts write
+                    _, body, _, size, _, tenant, _, series, _, stamp = flat
+                else:
+                    f = _hash(flat)
+                    body, size, tenant = f[b"b"], f[b"u"], f[b"t"]
+                    series, stamp = f[b"n"], f[b"s"]
+                entries.append(QueuedEntry(r, entry_id, body, int(size), tenant.decode(),
+                                           int(series), int(stamp)))  # fmt: skip
         return out
 
     async def queue_lengths(self, ranges: list[int]) -> list[int]:
