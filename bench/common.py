@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import keys
 from client.benchmark import BenchmarkConfig, Summary, run_benchmark
+from dev.compiled import stale_extensions
 from dev.launch import KEEP_ALL, ServerHandle, start_server, write_signing_key
 from dev.ports import free_ports
 from dev.processes import ManagedProcess
@@ -144,7 +145,14 @@ def machine_busy_seconds() -> float:
 
 
 def machine_description() -> str:
-    """Cores, CPU model, memory and Python: what docs/benchmarks.md quotes."""
+    """Cores, CPU model, memory and Python: what docs/benchmarks.md quotes. Every benchmark
+    prints it first, so this is also where one on stale compiled modules stops."""
+    stale = stale_extensions()
+    if stale:
+        raise SystemExit(
+            f"compiled modules older than their sources: {', '.join(stale)}; rebuild them "
+            "(make bootstrap, or python setup.py build_ext --inplace) before benchmarking"
+        )
     model = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
