@@ -70,6 +70,18 @@ def test_block_round_trip(data: bytes) -> None:
     assert decode_block(encode_block(data), max_size=len(data)) == data
 
 
+def test_blocks_in_the_reused_room_are_cramjams_bytes() -> None:
+    """A block is what cramjam makes of the data, whatever the room held before (a larger
+    block, so leftovers follow it there), and above the reused size as well."""
+    import cramjam
+
+    from telemeter.snappy import REUSED_BLOCK_BYTES
+
+    for data in (_mixed_data(MB), b"small" * 10, b"", _mixed_data(REUSED_BLOCK_BYTES)):
+        assert encode_block(data) == bytes(cramjam.snappy.compress_raw(data))
+        assert encode_block(memoryview(data)) == bytes(cramjam.snappy.compress_raw(data))
+
+
 def test_large_round_trips_span_many_chunks() -> None:
     data = _mixed_data(1 * MB)
     assert decode_framed(encode_framed(data), max_size=MB) == data
