@@ -265,19 +265,23 @@ class Store:
         start = time.perf_counter()
         try:
             node, index_node = _primary(client, snap_slot), _primary(client, index_slot)
-            if node is not None and index_node is not None and node.name == index_node.name:
-                wait = await self._one_command(node, (
-                    b"EVAL", SAVE_AND_QUEUE_BYTES, b"2", snap.encode(), limit.encode(),
-                    index.encode(), stream.encode(), cluster_id.encode(), b"%d" % now_ms, value,
-                    b"%d" % ttl, b"%d" % ratelimit, *args,
-                ))  # fmt: skip
-                if wait is None:
-                    raise QueueFull(f"the remote-write queue of range {range_id} is full")
-                if wait is not _UNANSWERED:
-                    return int(wait)
-            return await self._queue_then_save(
-                client, cluster_id, value, now_ms, range_id, args, index_node
-            )
+
+            def in_two_steps(c: RedisCluster) -> Awaitable[int]:
+                return self._queue_then_save(c, cluster_id, value, now_ms, range_id, args,
+                                             index_node)  # fmt: skip
+
+            if node is None or index_node is None or node.name != index_node.name:
+                return await in_two_steps(client)
+            at_once = (
+                b"EVAL", SAVE_AND_QUEUE_BYTES, b"2", snap.encode(), limit.encode(),
+                index.encode(), stream.encode(), cluster_id.encode(), b"%d" % now_ms, value,
+                b"%d" % ttl, b"%d" % ratelimit, *args,
+            )  # fmt: skip
+            # The script could not run there (a moved slot, a failed connection): two steps.
+            (wait,) = await self._on_node(client, node, [(at_once, in_two_steps)])
+            if wait is None:
+                raise QueueFull(f"the remote-write queue of range {range_id} is full")
+            return int(wait)
         except REDIS_ERRORS as exc:
             raise _failed("save", exc) from exc
         finally:
@@ -421,21 +425,6 @@ class Store:
                 reply = await fallback(client)
             results.append(reply)
         return results
-
-    async def _one_command(self, node: ClusterNode, command: tuple[bytes, ...]) -> Any:
-        """One command on the kept connection to ``node``: its reply, or ``_UNANSWERED`` when it
-        could not be sent, was not answered or answered an error (the caller then goes the
-        cluster client's way)."""
-        try:
-            conn = await self._connection(node)
-            reply = await conn.call(command, timeout_s=self._timeout_s)
-        except NODE_ERRORS as exc:
-            log.info("node command failed, retrying via the cluster error=%r", exc)
-            return _UNANSWERED
-        if isinstance(reply, resp.ReplyError):
-            log.info("node answered an error, retrying via the cluster error=%s", reply)
-            return _UNANSWERED
-        return reply
 
     async def _connection(self, node: ClusterNode) -> resp.Connection:
         """The kept connection to a node, opened on first use and after it closed."""
