@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The snappy framed-stream encoder of the client's uploads (docs/protocol.md section 3).
+"""The snappy framed-stream encoder of the client's uploads (docs/protocol.md section 3), and
+the server's walk of a framed stream's chunks and fresh output for its decoders.
 
 The compressor is the greedy one of Go's snappy package (``encodeBlock``: a hash table of 4-byte
 sequences, literals and copies), the framing is framing_format.txt's: the stream identifier,
@@ -10,9 +11,11 @@ its many codecs (docs/architecture.md, "The client's footprint"). The tests chec
 and the server's decoder read every stream it writes back to its input.
 """
 
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
 
 cdef extern from *:
     """
@@ -169,10 +172,110 @@ cdef extern from *:
     }
     """
     void tm_crc_init()
+
     size_t tm_framed_bound(size_t n)
     size_t tm_framed(uint8_t *dst, const uint8_t *src, size_t n)
 
 tm_crc_init()
+
+from telemeter.errors import InvalidPayload, TooLarge
+
+DEF MAX_CHUNK_DATA = 65536  # framing_format.txt 4.2/4.3: the most a data chunk inflates to
+STREAM_IDENTIFIER = b"\xff\x06\x00\x00sNaPpY"
+
+
+cdef Py_ssize_t preamble(const uint8_t *d, Py_ssize_t pos, Py_ssize_t end) except -1:
+    """A block's length preamble: a base-128 varint of at most 5 bytes at ``d[pos:end]``."""
+    cdef Py_ssize_t value = 0
+    cdef int i
+    for i in range(5):
+        if pos + i >= end:
+            raise InvalidPayload("snappy: truncated length preamble")
+        value |= <Py_ssize_t>(d[pos + i] & 0x7F) << (7 * i)
+        if d[pos + i] < 0x80:
+            return value
+    raise InvalidPayload("snappy: length preamble longer than 5 bytes")
+
+
+def block_preamble(bytes data):
+    """A block's declared length and the bytes its preamble takes."""
+    cdef const uint8_t *d = <const uint8_t *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t value = preamble(d, 0, PyBytes_GET_SIZE(data))
+    cdef Py_ssize_t width = 1
+    while d[width - 1] >= 0x80:
+        width += 1
+    return value, width
+
+
+def framed_size(bytes data, Py_ssize_t max_size):
+    """Walk the chunks of a framed stream without inflating; return the declared total size.
+
+    Raises TooLarge as soon as the running total exceeds ``max_size`` and InvalidPayload for any
+    structural error (missing identifier, truncated chunk, bad chunk length, unskippable chunk).
+    """
+    cdef const uint8_t *d = <const uint8_t *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data), pos = 0, total = 0, length, body, end, declared
+    cdef uint8_t kind
+    if not data.startswith(STREAM_IDENTIFIER):
+        raise InvalidPayload("snappy: missing stream identifier")
+    while pos < size:
+        if pos + 4 > size:
+            raise InvalidPayload("snappy: truncated chunk header")
+        kind = d[pos]
+        length = d[pos + 1] | (d[pos + 2] << 8) | (d[pos + 3] << 16)
+        body = pos + 4
+        end = body + length
+        if end > size:
+            raise InvalidPayload("snappy: truncated chunk")
+        if kind == 0x00:  # compressed: the CRC-32C, then a block
+            if length < 5:
+                raise InvalidPayload("snappy: compressed chunk too short")
+            declared = preamble(d, body + 4, end)
+        elif kind == 0x01:  # uncompressed: the CRC-32C, then the data
+            if length < 4:
+                raise InvalidPayload("snappy: uncompressed chunk too short")
+            declared = length - 4
+        elif kind == 0xFF:  # the stream identifier, again
+            if length != 6 or memcmp(d + pos, PyBytes_AS_STRING(STREAM_IDENTIFIER), 10) != 0:
+                raise InvalidPayload("snappy: bad stream identifier")
+            declared = 0
+        elif kind >= 0x80:  # padding (0xfe) and the reserved skippable chunks
+            declared = 0
+        else:
+            raise InvalidPayload(f"snappy: reserved unskippable chunk type 0x{kind:02x}")
+        if declared > MAX_CHUNK_DATA:
+            raise InvalidPayload("snappy: chunk declares more than 65536 bytes")
+        total += declared
+        if total > max_size:
+            raise TooLarge(f"snappy: stream declares more than {max_size} bytes")
+        pos = end
+    return total
+
+
+cdef class _Room:
+    """A new bytes object's storage as a writable buffer, for a decoder to fill before the bytes
+    are handed out (the C API's ``PyBytes_FromStringAndSize(NULL, n)``: no zeroing, no copy)."""
+    cdef bytes data
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, PyBytes_AS_STRING(self.data), PyBytes_GET_SIZE(self.data),
+                          0, flags)
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        pass
+
+
+def inflate_fresh(object inflate, bytes data, Py_ssize_t size):
+    """``(out, written)``: ``inflate(data, room)`` into a new bytes of ``size`` bytes. ``out``
+    is whole only when ``written == size``: the caller drops it otherwise."""
+    cdef _Room room = _Room()
+    room.data = PyBytes_FromStringAndSize(NULL, size)
+    view = memoryview(room)
+    try:
+        written = inflate(data, view)
+    finally:
+        view.release()
+    return room.data, written
 
 
 def encode_framed(bytes data):

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from telemeter import snappy
 from telemeter.errors import InvalidPayload, TooLarge
 from telemeter.snappy import (
     STREAM_IDENTIFIER,
@@ -283,3 +284,15 @@ def test_mutated_streams_raise_only_invalid_payload(
 def test_joined_blocks_inflate_to_the_joined_contents(parts: list[bytes]) -> None:
     joined = concat_blocks([encode_block(p) for p in parts])
     assert decode_block(joined, max_size=1 << 20) == b"".join(parts)
+
+
+def test_an_inflate_short_of_the_declared_size_is_invalid() -> None:
+    """The output is a new bytes filled in place (never zeroed): one the decoder did not fill to
+    its declared size is refused, never handed out."""
+
+    def short(data: bytes, out: memoryview) -> int:
+        out[:2] = b"ab"
+        return 2
+
+    with pytest.raises(InvalidPayload, match="fewer bytes than declared"):
+        snappy._inflate_into(short, b"", 10, "block")
