@@ -277,8 +277,7 @@ class Forwarder:
         """Send what the owned ranges' streams hold; returns the seconds to wait before the next."""
         s = self._s
         count = s.forward_batch_entries
-        read = await self._store.read_queues(sorted(self._owned()), count=count)
-        heads = [q for q in read if q]  # most streams are empty
+        heads = await self._store.read_queues(sorted(self._owned()), count=count)
         now_ms = time.time() * 1000
         oldest = min((q[0].stamp_ms for q in heads), default=None)
         self.metrics.oldest_age.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))

@@ -1,5 +1,6 @@
 """Every Lua script the server runs in Redis, each in one slot (so Redis Cluster can run it), but
-`SAVE_AND_QUEUE`, which runs where its two slots are on one node.
+`SAVE_AND_QUEUE`, which runs where its two slots are on one node, and `READ_HEADS`, which runs on
+the node of the streams it reads.
 
 Key names come from `app.keys`; times are milliseconds unless a name says otherwise.
 """
@@ -53,6 +54,25 @@ return 0
 """
 
 SAVE_AND_QUEUE_BYTES = SAVE_AND_QUEUE.encode()
+
+# The forwarder's read of the streams of a node's ranges in one script (D13): ARGV[1] the count,
+# then the streams, every one served by the node (as undeclared keys, which allow-cross-slot-keys
+# permits there; any other node fails the script, and nothing is read). Returns, for each stream
+# that holds entries only, its place among the streams (from 1), then its first entries as
+# XRANGE gives them: most streams are empty, and their replies would be most of the turn's.
+READ_HEADS = """#!lua flags=allow-cross-slot-keys,no-writes
+local out = {}
+for i = 2, #ARGV do
+  local entries = redis.call('XRANGE', ARGV[i], '-', '+', 'COUNT', ARGV[1])
+  if #entries > 0 then
+    out[#out + 1] = i - 1
+    out[#out + 1] = entries
+  end
+end
+return out
+"""
+
+READ_HEADS_BYTES = READ_HEADS.encode()
 
 # A fixed one-minute window of received remote-write requests per cluster: 0, or the ms left in
 # the window once it holds ARGV[2] requests.

@@ -33,6 +33,7 @@ from app.scripts import (
     COUNT_RECEIVE,
     ENQUEUE,
     ENQUEUE_BYTES,
+    READ_HEADS_BYTES,
     SAVE_AND_QUEUE_BYTES,
     SAVE_SNAPSHOT,
     SAVE_SNAPSHOT_BYTES,
@@ -350,28 +351,69 @@ class Store:
         return int(wait)
 
     async def read_queues(self, ranges: list[int], *, count: int) -> list[list[QueuedEntry]]:
-        """The first ``count`` entries of each range's remote-write stream, oldest first (every
-        turn of the forwarder asks this of all 256 ranges: their commands are encoded once)."""
+        """The heads of the ranges' remote-write streams that hold entries: for each, its first
+        ``count`` entries, oldest first. Every turn of the forwarder asks this of all the ranges
+        it leases (256 for one pod), most of them empty: one script per node (``READ_HEADS``)
+        answers for the streams with entries only, and only those cost Python work here."""
         if not ranges:
             return []
         async with self._call("queue_read") as client:
-            replies: list[list[Any]] = await self._per_node(
-                client, [_forward_key(r) for r in ranges], command=lambda key: _xrange(key, count),
-                convert=lambda raw: raw, add=lambda pipe, key: pipe.xrange(key, count=count),
-                slot_of=_forward_slot,
-            )  # fmt: skip
-        out: list[list[QueuedEntry]] = [[] for _ in ranges]
-        for r, reply, entries in zip(ranges, replies, out, strict=True):
-            for entry_id, flat in reply or ():
-                if isinstance(flat, list) and flat[::2] == _ENTRY_FIELDS:  # as the scripts write
-                    _, body, _, size, _, tenant, _, series, _, stamp = flat
-                else:
-                    f = _hash(flat)
-                    body, size, tenant = f[b"b"], f[b"u"], f[b"t"]
-                    series, stamp = f[b"n"], f[b"s"]
-                entries.append(QueuedEntry(r, entry_id, body, int(size), tenant.decode(),
-                                           int(series), int(stamp)))  # fmt: skip
+            owners = client.nodes_manager.slots_cache
+            groups: dict[str, list[int]] = {}
+            nodes: dict[str, ClusterNode | None] = {}
+            for r in ranges:  # the one loop over every range: kept to dict lookups
+                found = owners.get(_FORWARD_SLOTS[r])
+                node = found[0] if found else None
+                name = node.name if node is not None else ""
+                group = groups.get(name)
+                if group is None:
+                    group = groups[name] = []
+                    nodes[name] = node
+                group.append(r)
+            read = await asyncio.gather(*(
+                self._read_heads(client, nodes[name], group, count)
+                for name, group in groups.items()))  # fmt: skip
+        out: list[list[QueuedEntry]] = []
+        for heads in read:
+            for r, reply in heads:
+                entries = []
+                for entry_id, flat in reply:
+                    if isinstance(flat, list) and flat[::2] == _ENTRY_FIELDS:  # as scripts write
+                        _, body, _, size, _, tenant, _, series, _, stamp = flat
+                    else:
+                        f = _hash(flat)
+                        body, size, tenant = f[b"b"], f[b"u"], f[b"t"]
+                        series, stamp = f[b"n"], f[b"s"]
+                    entries.append(QueuedEntry(r, entry_id, body, int(size), tenant.decode(),
+                                               int(series), int(stamp)))  # fmt: skip
+                out.append(entries)
         return out
+
+    async def _read_heads(
+        self, client: RedisCluster, node: ClusterNode | None, ranges: list[int], count: int
+    ) -> list[tuple[int, list[Any]]]:
+        """(range, XRANGE reply) of the ranges whose streams hold entries, of ranges ``node``
+        serves: the script on the kept connection, else (the node failed, or a slot moved so
+        that a stream is elsewhere: the script then reads nothing) one XRANGE per stream, which
+        follows the slots."""
+        if node is not None:
+            reply: Any = _UNANSWERED
+            try:
+                conn = await self._connection(node)
+                (reply,) = await conn.batch([_read_heads(tuple(ranges), count)],
+                                            timeout_s=self._timeout_s)  # fmt: skip
+            except NODE_ERRORS as exc:
+                log.info("node command failed, reading the streams one by one error=%r", exc)
+            if isinstance(reply, resp.ReplyError):
+                log.info("node answered an error, reading the streams one by one error=%s", reply)
+            elif reply is not _UNANSWERED:
+                return [(ranges[reply[i] - 1], reply[i + 1]) for i in range(0, len(reply), 2)]
+        replies = await self._per_node(
+            client, [_forward_key(r) for r in ranges], command=lambda key: _xrange(key, count),
+            convert=lambda raw: raw, add=lambda pipe, key: pipe.xrange(key, count=count),
+            slot_of=_forward_slot,
+        )  # fmt: skip
+        return [(r, reply) for r, reply in zip(ranges, replies, strict=True) if reply]
 
     async def queue_lengths(self, ranges: list[int]) -> list[int]:
         """The number of entries in each range's remote-write stream."""
@@ -613,6 +655,15 @@ def _failed(op: str, exc: BaseException) -> StoreUnavailable:
 
 _forward_key = functools.lru_cache(maxsize=keys.RANGES)(keys.forward_key)
 _forward_slot = functools.lru_cache(maxsize=keys.RANGES)(key_slot)
+_FORWARD_SLOTS = [key_slot(keys.forward_key(r).encode()) for r in range(keys.RANGES)]
+
+
+@functools.lru_cache(maxsize=64)
+def _read_heads(ranges: tuple[int, ...], count: int) -> bytes:
+    """The script reading the heads of some ranges' streams, the same every turn while the
+    ranges stay on their nodes."""
+    streams = [_forward_key(r).encode() for r in ranges]
+    return resp.encode((b"EVAL", READ_HEADS_BYTES, b"0", b"%d" % count, *streams))
 
 
 @functools.lru_cache(maxsize=keys.RANGES)

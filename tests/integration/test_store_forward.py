@@ -103,3 +103,63 @@ def test_queued_with_the_snapshot_and_nothing_left_when_refused(
         asyncio.run(main())
     # The one script ran where it could: the cluster client was never needed.
     assert not [r for r in caplog.records if "retrying via the cluster" in r.getMessage()]
+
+
+def test_the_forwarder_reads_each_nodes_streams_in_one_script(
+    redis_cluster: RedisClusterHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``read_queues`` of all the ranges: what each stream holds, in order, up to the count; on
+    a node that does not serve a stream, the script reads nothing and the streams are read one
+    by one instead."""
+    store = Store(
+        nodes=redis_cluster.startup_nodes,
+        password=redis_cluster.password,
+        ttl_ms=60_000,
+        ratelimit_ms=0,
+        latency=Histogram("t", "t", ["op"], registry=CollectorRegistry()),
+    )
+    queued = {r: r % 4 for r in range(keys.RANGES)}  # range: entries (a quarter empty)
+
+    async def main() -> None:
+        try:
+            client = await store.client()
+            await client.delete(*(keys.forward_key(r) for r in range(keys.RANGES)))
+            for r, n in queued.items():
+                for i in range(n):
+                    fields = {b"b": b"body %d-%d" % (r, i), b"u": b"9", b"t": b"tenant-%d" % r,
+                              b"n": b"%d" % (i + 1), b"s": b"%d" % (1000 + i)}  # fmt: skip
+                    await client.xadd(keys.forward_key(r), fields)  # type: ignore[arg-type]
+            with caplog.at_level("INFO", logger="app.store"):
+                heads = await store.read_queues(list(range(keys.RANGES)), count=2)
+            assert not [r for r in caplog.records if "one by one" in r.getMessage()]
+            by_range = {q[0].range_id: q for q in heads}
+            assert len(by_range) == len(heads)
+            assert set(by_range) == {r for r, n in queued.items() if n}
+            for r, n in queued.items():
+                got = [(e.range_id, e.body, e.tenant, e.series, e.stamp_ms)
+                       for e in by_range.get(r, [])]  # fmt: skip
+                assert got == [(r, b"body %d-%d" % (r, i), f"tenant-{r}", i + 1, 1000 + i)
+                               for i in range(min(n, 2))]  # fmt: skip
+                stored = await client.xrange(keys.forward_key(r), count=2) or []
+                assert [e.entry_id for e in by_range.get(r, [])] == [i for i, _ in stored]
+
+            # A node asked for streams it does not serve: they are read one by one.
+            ranges = [r for r, n in queued.items() if n]
+            slot = key_slot(keys.forward_key(ranges[0]).encode())
+            elsewhere = next(
+                n
+                for n in client.get_primaries()
+                if n.name != _primary(client, slot).name  # type: ignore[union-attr]
+            )
+            caplog.clear()
+            with caplog.at_level("INFO", logger="app.store"):
+                again = await store._read_heads(client, elsewhere, ranges, 2)
+            assert [r for r in caplog.records if "one by one" in r.getMessage()]
+            assert [(r, [entry_id for entry_id, _ in reply]) for r, reply in again] == [
+                (r, [e.entry_id for e in by_range[r]]) for r in ranges
+            ]
+            await client.delete(*(keys.forward_key(r) for r in queued))
+        finally:
+            await store.close()
+
+    asyncio.run(main())
