@@ -26,6 +26,16 @@ pytestmark = pytest.mark.integration
 QUEUE_LIMIT = 3
 
 
+def _store(redis_cluster: RedisClusterHandle, *, ratelimit_ms: int) -> Store:
+    return Store(
+        nodes=redis_cluster.startup_nodes,
+        password=redis_cluster.password,
+        ttl_ms=60_000,
+        ratelimit_ms=ratelimit_ms,
+        latency=Histogram("t", "t", ["op"], registry=CollectorRegistry()),
+    )
+
+
 def _forward(cluster_id: str, n: int) -> Forward:
     return Forward(body=b"request %d" % n, size=9, tenant=cluster_id, series=1, stamp_ms=1000 + n)
 
@@ -52,13 +62,7 @@ async def _cluster_ids(store: Store, *, same_node: bool, count: int) -> list[str
 def test_queued_with_the_snapshot_and_nothing_left_when_refused(
     redis_cluster: RedisClusterHandle, same_node: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = Store(
-        nodes=redis_cluster.startup_nodes,
-        password=redis_cluster.password,
-        ttl_ms=60_000,
-        ratelimit_ms=60_000,
-        latency=Histogram("t", "t", ["op"], registry=CollectorRegistry()),
-    )
+    store = _store(redis_cluster, ratelimit_ms=60_000)
 
     async def main() -> None:
         try:
@@ -111,13 +115,7 @@ def test_the_forwarder_reads_each_nodes_streams_in_one_script(
     """``read_queues`` of all the ranges: what each stream holds, in order, up to the count; on
     a node that does not serve a stream, the script reads nothing and the streams are read one
     by one instead."""
-    store = Store(
-        nodes=redis_cluster.startup_nodes,
-        password=redis_cluster.password,
-        ttl_ms=60_000,
-        ratelimit_ms=0,
-        latency=Histogram("t", "t", ["op"], registry=CollectorRegistry()),
-    )
+    store = _store(redis_cluster, ratelimit_ms=0)
     queued = {r: r % 4 for r in range(keys.RANGES)}  # range: entries (a quarter empty)
 
     async def main() -> None:
