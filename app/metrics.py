@@ -53,6 +53,12 @@ class ServerMetrics(MetricSet):
         "end",
     )
 
+    fast_uploads = counter(
+        "telemeter_upload_fast_path_total",
+        "Uploads answered on the fast path: whole in the bytes read, with Connection: close, as "
+        "the Go client sends them (docs/architecture.md, The upload fast path).",
+    )
+
     def __init__(self) -> None:
         super().__init__()
         for end in LINGER_ENDS:
@@ -65,6 +71,7 @@ class ServerMetrics(MetricSet):
         self.series_stored = self.counter_front(self.series)
         self.overwritten_past = self.counter_front(self.overwritten.labels("past"))
         self.overwritten_future = self.counter_front(self.overwritten.labels("future"))
+        self.fast_answered = self.counter_front(self.fast_uploads)
 
 
 class HTTPMetrics:

@@ -12,15 +12,24 @@
 
 An `UploadCycle` stands where uvicorn keeps its request-response cycle, so uvicorn's own keep-alive,
 pipelining, flow control and graceful shutdown apply to uploads unchanged.
+
+The fast path (docs/architecture.md, "The upload fast path"): on the external listener, the
+bytes of a connection's first request are held back from the parser until they are known to be
+one whole, plainly framed ``POST /upload`` with ``Connection: close`` (`simple_upload`), as the Go
+client sends. Such an upload is handled by callbacks (`app.uploads.upload_now`), with no parser
+callback, cycle or task of its own but the store's write. Anything else, or bytes that do not
+make a whole request within `FAST_WAIT_S`, goes to the parser as it came, and from there on the
+connection is served as above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 import httptools
 from prometheus_client import Counter
@@ -36,7 +45,7 @@ from uvicorn.server import ServerState
 
 from app.errors import PayloadTooLarge, RequestTimeout, http_error
 from app.runtime import Runtime
-from app.uploads import upload
+from app.uploads import upload, upload_now
 from telemeter.errors import TelemeterError
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,114 @@ _PER_CONNECTION = frozenset(("parser", "pipeline"))
 _UPLOAD_HEADERS = frozenset(
     (b"authorization", b"content-type", b"content-encoding", b"content-length", b"expect")
 )
+
+
+# The fast path's request: exactly this request line, then header lines that a strict pattern
+# accepts (a token name, a colon, visible characters), so that whatever it takes the parser would
+# read the same way; the rest is the parser's to judge.
+_UPLOAD_LINE = b"POST /upload HTTP/1.1\r\n"
+_SIMPLE_HEAD = re.compile(
+    rb"POST /upload HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
+)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+_MAX_SIMPLE_HEAD = 16384
+FAST_WAIT_S = 0.05  # how long held bytes wait to make a whole request before the parser has them
+
+
+def simple_upload(data: bytes, limit: int) -> tuple[dict[str, str], bytes] | Literal[False] | None:
+    """Whether ``data`` is one whole, plainly framed ``POST /upload`` with ``Connection: close``:
+    (its upload headers, lowercased, and its body), None while it may still become one, False
+    when it will not (no ``Expect`` or ``Upgrade``, no header twice, a body framed by
+    ``Content-Length`` or chunked without extensions or trailers, within ``limit``, and nothing
+    after it)."""
+    if not data.startswith(_UPLOAD_LINE):
+        return None if _UPLOAD_LINE.startswith(data) else False
+    head = _SIMPLE_HEAD.match(data)
+    if head is None:
+        return None if b"\r\n\r\n" not in data and len(data) < _MAX_SIMPLE_HEAD else False
+    fields: dict[bytes, bytes] = {}
+    for line in head.group(1).split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in fields:
+            return False
+        fields[name] = value.strip(b" \t")
+    if (
+        fields.get(b"connection", b"").lower() != b"close"
+        or b"expect" in fields
+        or b"upgrade" in fields
+    ):
+        return False
+    start = head.end()
+    chunked, length = fields.get(b"transfer-encoding"), fields.get(b"content-length")
+    body: bytes | Literal[False] | None
+    if chunked is not None:
+        if length is not None or chunked.lower() != b"chunked":
+            return False
+        body = _chunked_body(data, start, limit)
+    elif length is not None:
+        if not length.isdigit() or len(length) > 10 or int(length) > limit:
+            return False
+        end = start + int(length)
+        body = None if len(data) < end else data[start:] if len(data) == end else False
+    else:
+        body = b"" if len(data) == start else False
+    if not isinstance(body, bytes):
+        return body
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in fields.items()
+        if name in _UPLOAD_HEADERS
+    }
+    return headers, body
+
+
+def _chunked_body(data: bytes, pos: int, limit: int) -> bytes | Literal[False] | None:
+    """A chunked body from ``pos`` to the end of ``data`` (see `simple_upload`)."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        end = data.find(b"\r\n", pos, pos + 10)
+        if end < 0:
+            return None if len(data) < pos + 10 else False
+        if not _CHUNK_SIZE.fullmatch(data, pos, end):
+            return False
+        size = int(data[pos:end], 16)
+        pos = end + 2
+        if size == 0:
+            if len(data) < pos + 2:
+                return None
+            return b"".join(parts) if data[pos:] == b"\r\n" else False
+        total += size
+        if total > limit:
+            return False
+        if len(data) < pos + size + 2:
+            return None
+        if data[pos + size : pos + size + 2] != b"\r\n":
+            return False
+        parts.append(data[pos : pos + size])
+        pos += size + 2
+
+
+class _NoEvent:
+    """What uvicorn sets on a cycle's ``message_event`` when the connection is lost."""
+
+    def set(self) -> None:
+        pass
+
+
+class _FastCycle:
+    """Stands for the cycle of an upload on the fast path while it is stored: uvicorn's graceful
+    shutdown waits for it, and a lost connection marks it."""
+
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+    message_event = _NoEvent()
+
+    def __init__(self) -> None:
+        self.response_complete = False
+        self.keep_alive = False
+        self.disconnected = False
 
 
 class _Disconnected(Exception):
@@ -139,29 +256,19 @@ class UploadCycle:
 
     async def run_asgi(self, app: Any) -> None:
         """Handle the upload and answer it (started by uvicorn, in order, like a cycle)."""
-        m = self.rt.metrics
         start = time.perf_counter()
-        retry_after: int | None = None
+        error: BaseException | None = None
         try:
             await upload(self.rt, self.headers, self.read_body)
-            status, reason = 200, ""
-        except TelemeterError as exc:
-            error = http_error(exc)
-            m.rejects.labels(error.reject_reason).inc()
-            status, reason, retry_after = error.status, error.reason, error.retry_after
-            del error  # its traceback holds this frame: a reference cycle per refused upload
         except _Disconnected:
-            status = 499  # counted, never sent
-        except Exception:
-            log.exception("upload failed")
-            status, reason = 500, "internal error"
-        if status != 499:
-            self._answer(status, reason, retry_after)
-        if status == 200:
-            m.upload_ok.inc()
-        else:
-            m.requests.labels(str(status), "/upload", "post").inc()
-        m.upload_duration.observe(time.perf_counter() - start)
+            _count(self.rt, 499, start)  # counted, never sent
+            return
+        except Exception as exc:  # what it means: _outcome
+            error = exc
+        status, reason, retry_after = _outcome(self.rt, error)
+        del error  # its traceback holds this frame: a reference cycle per refused upload
+        self._answer(status, reason, retry_after)
+        _count(self.rt, status, start)
 
     def _answer(self, status: int, reason: str, retry_after: int | None) -> None:
         protocol = self.protocol
@@ -177,25 +284,54 @@ class UploadCycle:
             or (status >= 500 and status != 503)
             or (early and (self.awaiting_continue or not protocol.lingers()))
         )
-        body = (reason + "\n").encode() if reason else b""
-        head = [STATUS_LINE[status]]
-        for name, value in protocol.server_state.default_headers:
-            head += [name, b": ", value, b"\r\n"]
-        if body:
-            head.append(b"content-type: text/plain; charset=utf-8\r\n")
-        head.append(b"content-length: %d\r\n" % len(body))
-        if retry_after is not None:
-            head.append(b"retry-after: %d\r\n" % retry_after)
-        if close:
-            head.append(b"connection: close\r\n")
-        head += [b"\r\n", body]
-        transport.write(b"".join(head))
+        transport.write(_answer_bytes(protocol, status, reason, retry_after, close=close))
         self.response_complete = True
         self.chunks = []
         if close:
             protocol.close_after_answer()
         else:
             protocol.on_response_complete()
+
+
+def _outcome(rt: Runtime, error: BaseException | None) -> tuple[int, str, int | None]:
+    """(status, reason, Retry-After) of an upload that ended with ``error`` (None: stored)."""
+    if error is None:
+        return 200, "", None
+    if isinstance(error, TelemeterError):
+        answer = http_error(error)
+        rt.metrics.rejects.labels(answer.reject_reason).inc()
+        return answer.status, answer.reason, answer.retry_after
+    log.error("upload failed", exc_info=error)
+    return 500, "internal error", None
+
+
+def _count(rt: Runtime, status: int, start: float) -> None:
+    """An upload's answer (499: the client left first) in the metrics."""
+    m = rt.metrics
+    if status == 200:
+        m.upload_ok.inc()
+    else:
+        m.requests.labels(str(status), "/upload", "post").inc()
+    m.upload_duration.observe(time.perf_counter() - start)
+
+
+def _answer_bytes(
+    protocol: TelemeterProtocol, status: int, reason: str, retry_after: int | None, *, close: bool
+) -> bytes:
+    """An upload's answer: its status, uvicorn's default headers, the reason as plain text."""
+    body = (reason + "\n").encode() if reason else b""
+    head = [STATUS_LINE[status]]
+    for name, value in protocol.server_state.default_headers:
+        head += [name, b": ", value, b"\r\n"]
+    if body:
+        head.append(b"content-type: text/plain; charset=utf-8\r\n")
+    head.append(b"content-length: %d\r\n" % len(body))
+    if retry_after is not None:
+        head.append(b"retry-after: %d\r\n" % retry_after)
+    if close:
+        head.append(b"connection: close\r\n")
+    head += [b"\r\n", body]
+    return b"".join(head)
 
 
 class _Linger:
@@ -246,6 +382,9 @@ class TelemeterProtocol(HttpToolsProtocol):
     _addresses_unread = False  # connection_made defers reading them (see `server`)
     _linger: _Linger | None = None
     _body_done = True  # the parser's current request has no more body to come
+    _fast = False  # the bytes read are held for `simple_upload` before the parser has them
+    _held = b""
+    _fast_timer: asyncio.TimerHandle | None = None
     # The attributes uvicorn sets alike for every connection of a listener (see __init__).
     _shared: tuple[Config, ServerState, dict[str, Any]] | None = None
 
@@ -302,6 +441,9 @@ class TelemeterProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._fast:
+            self._fast_received(data)
+            return
         linger = self._linger
         if linger is not None:
             linger.left -= len(data)
@@ -321,6 +463,75 @@ class TelemeterProtocol(HttpToolsProtocol):
             self._end_linger("shutdown")
         else:
             super().shutdown()
+
+    # ---- the upload fast path (see the module docstring) ----
+
+    def _fast_received(self, data: bytes) -> None:
+        held = self._held + data if self._held else data
+        rt = self.runtime
+        assert rt is not None  # _fast is set on the external listener only
+        found = simple_upload(held, rt.settings.limit_bytes)
+        self._held = held
+        if found is None:  # it may still become a whole upload: wait a little
+            if self._fast_timer is None:
+                self._fast_timer = self.loop.call_later(FAST_WAIT_S, self._to_parser)
+        elif not (isinstance(found, tuple) and self._fast_upload(*found)):
+            self._to_parser()
+
+    def _to_parser(self) -> None:
+        """From here the connection is the parser's: it gets the held bytes as they came."""
+        self._fast = False
+        self._cancel_fast_timer()
+        held, self._held = self._held, b""
+        if held and not self.transport.is_closing():
+            self.data_received(held)
+
+    def _cancel_fast_timer(self) -> None:
+        if self._fast_timer is not None:
+            self._fast_timer.cancel()
+            self._fast_timer = None
+
+    def _fast_upload(self, headers: dict[str, str], body: bytes) -> bool:
+        """Handle a whole upload by callbacks; False, with nothing done, when no upload slot is
+        free (the parser's way then waits for one)."""
+        rt = self.runtime
+        assert rt is not None
+        start = time.perf_counter()
+        cycle = _FastCycle()
+        try:
+            stored = upload_now(rt, headers, body)
+        except Exception as exc:
+            stored = None
+            self._fast_answer(cycle, start, exc)
+        else:
+            if stored is None:
+                return False
+            stored.add_done_callback(lambda done: self._fast_stored(cycle, start, done))
+        self._fast = False
+        self._held = b""
+        self._cancel_fast_timer()
+        self._cancel_head_timer()
+        if not cycle.response_complete:
+            self.cycle = cycle  # type: ignore[assignment]
+        return True
+
+    def _fast_stored(self, cycle: _FastCycle, start: float, stored: asyncio.Future[None]) -> None:
+        if cycle.disconnected:
+            _count(self.runtime, 499, start)  # type: ignore[arg-type]
+            return
+        error = stored.exception() if not stored.cancelled() else TimeoutError("cancelled")
+        self._fast_answer(cycle, start, error)
+
+    def _fast_answer(self, cycle: _FastCycle, start: float, error: BaseException | None) -> None:
+        rt = self.runtime
+        assert rt is not None
+        status, reason, retry_after = _outcome(rt, error)
+        cycle.response_complete = True
+        rt.metrics.fast_answered.inc()
+        if not self.transport.is_closing():
+            self.transport.write(_answer_bytes(self, status, reason, retry_after, close=True))
+            self.transport.close()
+        _count(rt, status, start)
 
     # ---- the request head deadline, uploads ----
 
@@ -366,6 +577,7 @@ class TelemeterProtocol(HttpToolsProtocol):
         self.flow = FlowControl(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
         self._addresses_unread = True
+        self._fast = self.runtime is not None
         self._arm_head_timer()
 
     def _read_addresses(self) -> None:
@@ -457,6 +669,9 @@ class TelemeterProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._fast = False
+        self._held = b""
+        self._cancel_fast_timer()
         self._end_linger("peer")
         super().connection_lost(exc)
         # A cycle refers to its protocol; the protocol must not refer back once the connection

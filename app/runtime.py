@@ -40,6 +40,19 @@ from telemeter.upload import PassConfig
 
 log = logging.getLogger(__name__)
 
+
+class UploadSlots(asyncio.Semaphore):
+    """The uploads in progress, at most ``value`` (docs/architecture.md, D10): a semaphore whose
+    free slot can also be taken without waiting (`try_acquire`, for `app.uploads.upload_now`)."""
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now (as ``acquire`` would at once); else False."""
+        if self.locked():
+            return False
+        self._value -= 1  # what asyncio.Semaphore.acquire does when the semaphore is not locked
+        return True
+
+
 READY_CACHE_S = 1.0
 # Rate-limit answers remembered per process, so a cluster that pushes too often is refused
 # without decoding its body or asking Redis (Redis stays the authority: this only repeats its no).
@@ -87,7 +100,7 @@ class Runtime:
         self.extra_labels = tuple(parse_label_pairs(settings.label).items())
         self.required_labels = tuple(parse_label_pairs(settings.required_label).items())
         self.elide_labels = frozenset(settings.elide_label)
-        self.upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
+        self.upload_slots = UploadSlots(settings.max_concurrent_uploads)
         self.local_limits: dict[str, float] = {}
         self.ring = Ring(
             self.store.client,

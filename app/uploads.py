@@ -12,6 +12,7 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from app import keys, snapshot
 from app.errors import (
@@ -76,12 +77,18 @@ def bearer(authorization: str) -> str | None:
     return token.strip()
 
 
-async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader) -> None:
-    """Check, render and store one upload; raises an error (see the module docstring) if refused.
+@dataclass(slots=True)
+class _Checked:
+    """What the head of an accepted upload decided."""
 
-    ``headers`` has lowercased names. Everything that can be checked from the head is checked
-    before the body is read.
-    """
+    cluster_id: str
+    token_labels: dict[str, str]
+    encoding: str
+
+
+def _check_head(rt: Runtime, headers: Mapping[str, str]) -> _Checked:
+    """Everything that can be checked from the head (the token, the types, the rate limit this
+    process knows); raises the error of the first check that fails."""
     s = rt.settings
     token = bearer(headers.get("authorization", ""))
     if token is None:
@@ -100,6 +107,17 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
     wait = rt.limited_for(cluster_id)
     if wait > 0:
         raise RateLimited("upload rate limit exceeded", retry_after=math.ceil(wait))
+    return _Checked(cluster_id, token_labels, encoding)
+
+
+async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader) -> None:
+    """Check, render and store one upload; raises an error (see the module docstring) if refused.
+
+    ``headers`` has lowercased names. Everything that can be checked from the head is checked
+    before the body is read.
+    """
+    s = rt.settings
+    checked = _check_head(rt, headers)
     # The body is read before taking an upload slot: a client trickling its body in holds its
     # connection until --upload-timeout, never a slot (D10 bounds the decoding).
     body = await read_body(s.limit_bytes, s.upload_timeout)
@@ -113,27 +131,60 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
         await slots.acquire()
     try:
         now_ms = int(time.time()) * 1000  # the Go server stamps whole seconds
-        value, counts, forward = _render_snapshot(
-            rt, body, encoding, token_labels, cluster_id, now_ms
-        )
+        rendered = _render_snapshot(rt, body, checked, now_ms)
         del body  # only the small compressed snapshot is held while Redis answers
-        if forward is None:
-            wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
-        else:
-            try:
-                wait_ms = await rt.store.save_snapshot(
-                    cluster_id,
-                    value,
-                    now_ms=now_ms,
-                    forward=forward,
-                    queue_limit=s.forward_queue_limit,
-                )
-            except QueueFull:
-                if rt.forwarder is not None:
-                    rt.forwarder.metrics.queue_full.inc()
-                raise
+        await _store(rt, checked.cluster_id, now_ms, *rendered)
     finally:
         slots.release()
+
+
+def upload_now(rt: Runtime, headers: Mapping[str, str], body: bytes) -> asyncio.Future[None] | None:
+    """`upload` of a body already read whole (`app.protocol`'s fast path): checked, rendered and
+    handed to the store now; returns the future of the store's write (its error is the upload's),
+    or None, with nothing stored, when no upload slot is free (then `upload` must be used)."""
+    checked = _check_head(rt, headers)
+    if len(body) > rt.settings.limit_bytes:
+        raise PayloadTooLarge(f"request body larger than {rt.settings.limit_bytes} bytes")
+    slots = rt.upload_slots
+    if not slots.try_acquire():
+        return None
+    try:
+        now_ms = int(time.time()) * 1000
+        rendered = _render_snapshot(rt, body, checked, now_ms)
+    except BaseException:
+        slots.release()
+        raise
+    stored = asyncio.ensure_future(_store(rt, checked.cluster_id, now_ms, *rendered))
+    stored.add_done_callback(lambda _: slots.release())
+    return stored
+
+
+async def _store(
+    rt: Runtime,
+    cluster_id: str,
+    now_ms: int,
+    value: bytes,
+    counts: PassResult,
+    forward: Forward | None,
+) -> None:
+    """Save a rendered upload (and queue it, with ``forward``); raises RateLimited or the
+    store's errors."""
+    s = rt.settings
+    if forward is None:
+        wait_ms = await rt.store.save_snapshot(cluster_id, value, now_ms=now_ms)
+    else:
+        try:
+            wait_ms = await rt.store.save_snapshot(
+                cluster_id,
+                value,
+                now_ms=now_ms,
+                forward=forward,
+                queue_limit=s.forward_queue_limit,
+            )
+        except QueueFull:
+            if rt.forwarder is not None:
+                rt.forwarder.metrics.queue_full.inc()
+            raise
     if wait_ms > 0:
         rt.remember_limit(cluster_id, wait_ms / 1000)
         raise RateLimited("upload rate limit exceeded", retry_after=math.ceil(wait_ms / 1000))
@@ -148,12 +199,7 @@ async def upload(rt: Runtime, headers: Mapping[str, str], read_body: BodyReader)
 
 
 def _render_snapshot(
-    rt: Runtime,
-    body: bytes,
-    encoding: str,
-    token_labels: dict[str, str],
-    cluster_id: str,
-    now_ms: int,
+    rt: Runtime, body: bytes, checked: _Checked, now_ms: int
 ) -> tuple[bytes, PassResult, Forward | None]:
     """Decode, check and render an upload into its stored snapshot (CPU only, no awaits), and
     with ``--forward-url`` into its Remote-Write request, built once here so that every retry
@@ -164,6 +210,7 @@ def _render_snapshot(
     is held per upload in flight (docs/architecture.md, D10).
     """
     s = rt.settings
+    encoding, token_labels, cluster_id = checked.encoding, checked.token_labels, checked.cluster_id
     if encoding == "snappy":
         data = snappy.decode_framed(body, max_size=s.uncompressed_limit)
     elif len(body) > s.uncompressed_limit:
