@@ -16,7 +16,7 @@ import uvicorn
 from prometheus_client import Counter
 
 from app.app import create_external_app, create_internal_app
-from app.protocol import TelemeterProtocol
+from app.protocol import FirstRequest, TelemeterProtocol
 from app.runtime import Runtime
 from app.settings import ServerSettings, parse_settings
 from telemeter.addresses import parse_listen_address
@@ -54,12 +54,15 @@ def _config(
         names = ("linger_bytes", "linger_timeout_s", "linger_ends")
         attributes.update(zip(names, linger, strict=True))
     protocol = type("Protocol", (TelemeterProtocol,), attributes)
+    http: type[asyncio.Protocol] = protocol
+    if uploads is not None:  # the external listener: the upload fast path first
+        http = type("FirstRequest", (FirstRequest,), {"full": protocol})
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
         lifespan="off",
-        http=protocol,
+        http=http,
         access_log=False,
         log_level="warning",
         server_header=False,

@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from collections import deque
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httptools
 from prometheus_client import Counter
@@ -284,7 +284,9 @@ class UploadCycle:
             or (status >= 500 and status != 503)
             or (early and (self.awaiting_continue or not protocol.lingers()))
         )
-        transport.write(_answer_bytes(protocol, status, reason, retry_after, close=close))
+        transport.write(
+            _answer_bytes(protocol.server_state, status, reason, retry_after, close=close)
+        )
         self.response_complete = True
         self.chunks = []
         if close:
@@ -316,12 +318,12 @@ def _count(rt: Runtime, status: int, start: float) -> None:
 
 
 def _answer_bytes(
-    protocol: TelemeterProtocol, status: int, reason: str, retry_after: int | None, *, close: bool
+    state: ServerState, status: int, reason: str, retry_after: int | None, *, close: bool
 ) -> bytes:
     """An upload's answer: its status, uvicorn's default headers, the reason as plain text."""
     body = (reason + "\n").encode() if reason else b""
     head = [STATUS_LINE[status]]
-    for name, value in protocol.server_state.default_headers:
+    for name, value in state.default_headers:
         head += [name, b": ", value, b"\r\n"]
     if body:
         head.append(b"content-type: text/plain; charset=utf-8\r\n")
@@ -382,9 +384,6 @@ class TelemeterProtocol(HttpToolsProtocol):
     _addresses_unread = False  # connection_made defers reading them (see `server`)
     _linger: _Linger | None = None
     _body_done = True  # the parser's current request has no more body to come
-    _fast = False  # the bytes read are held for `simple_upload` before the parser has them
-    _held = b""
-    _fast_timer: asyncio.TimerHandle | None = None
     # The attributes uvicorn sets alike for every connection of a listener (see __init__).
     _shared: tuple[Config, ServerState, dict[str, Any]] | None = None
 
@@ -441,9 +440,6 @@ class TelemeterProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._fast:
-            self._fast_received(data)
-            return
         linger = self._linger
         if linger is not None:
             linger.left -= len(data)
@@ -463,75 +459,6 @@ class TelemeterProtocol(HttpToolsProtocol):
             self._end_linger("shutdown")
         else:
             super().shutdown()
-
-    # ---- the upload fast path (see the module docstring) ----
-
-    def _fast_received(self, data: bytes) -> None:
-        held = self._held + data if self._held else data
-        rt = self.runtime
-        assert rt is not None  # _fast is set on the external listener only
-        found = simple_upload(held, rt.settings.limit_bytes)
-        self._held = held
-        if found is None:  # it may still become a whole upload: wait a little
-            if self._fast_timer is None:
-                self._fast_timer = self.loop.call_later(FAST_WAIT_S, self._to_parser)
-        elif not (isinstance(found, tuple) and self._fast_upload(*found)):
-            self._to_parser()
-
-    def _to_parser(self) -> None:
-        """From here the connection is the parser's: it gets the held bytes as they came."""
-        self._fast = False
-        self._cancel_fast_timer()
-        held, self._held = self._held, b""
-        if held and not self.transport.is_closing():
-            self.data_received(held)
-
-    def _cancel_fast_timer(self) -> None:
-        if self._fast_timer is not None:
-            self._fast_timer.cancel()
-            self._fast_timer = None
-
-    def _fast_upload(self, headers: dict[str, str], body: bytes) -> bool:
-        """Handle a whole upload by callbacks; False, with nothing done, when no upload slot is
-        free (the parser's way then waits for one)."""
-        rt = self.runtime
-        assert rt is not None
-        start = time.perf_counter()
-        cycle = _FastCycle()
-        try:
-            stored = upload_now(rt, headers, body)
-        except Exception as exc:
-            stored = None
-            self._fast_answer(cycle, start, exc)
-        else:
-            if stored is None:
-                return False
-            stored.add_done_callback(lambda done: self._fast_stored(cycle, start, done))
-        self._fast = False
-        self._held = b""
-        self._cancel_fast_timer()
-        self._cancel_head_timer()
-        if not cycle.response_complete:
-            self.cycle = cycle  # type: ignore[assignment]
-        return True
-
-    def _fast_stored(self, cycle: _FastCycle, start: float, stored: asyncio.Future[None]) -> None:
-        if cycle.disconnected:
-            _count(self.runtime, 499, start)  # type: ignore[arg-type]
-            return
-        error = stored.exception() if not stored.cancelled() else TimeoutError("cancelled")
-        self._fast_answer(cycle, start, error)
-
-    def _fast_answer(self, cycle: _FastCycle, start: float, error: BaseException | None) -> None:
-        rt = self.runtime
-        assert rt is not None
-        status, reason, retry_after = _outcome(rt, error)
-        cycle.response_complete = True
-        rt.metrics.fast_answered.inc()
-        if not self.transport.is_closing():
-            self.transport.write(_answer_bytes(self, status, reason, retry_after, close=True))
-            self.transport.close()
-        _count(rt, status, start)
 
     # ---- the request head deadline, uploads ----
 
@@ -577,7 +504,6 @@ class TelemeterProtocol(HttpToolsProtocol):
         self.flow = FlowControl(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
         self._addresses_unread = True
-        self._fast = self.runtime is not None
         self._arm_head_timer()
 
     def _read_addresses(self) -> None:
@@ -669,9 +595,6 @@ class TelemeterProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
-        self._fast = False
-        self._held = b""
-        self._cancel_fast_timer()
         self._end_linger("peer")
         super().connection_lost(exc)
         # A cycle refers to its protocol; the protocol must not refer back once the connection
@@ -679,3 +602,119 @@ class TelemeterProtocol(HttpToolsProtocol):
         # oldest GC generation) wait for a full collection: RSS grew ~17 MiB per pod in a soak.
         self.cycle = None  # type: ignore[assignment]
         self.pipeline.clear()
+
+
+class FirstRequest(asyncio.Protocol):
+    """The external listener's protocol until a connection's first request is known (the upload
+    fast path, see the module docstring): the bytes read are held; a whole upload that
+    `simple_upload` takes is handled by callbacks, and any other connection is handed, with the
+    bytes read, to a `TelemeterProtocol` (``full``) made for it then."""
+
+    full: type[TelemeterProtocol]  # set per listener (app.main._config)
+
+    __slots__ = ("app_state", "config", "cycle", "held", "server_state", "timer", "transport")
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config
+        self.server_state = server_state
+        self.app_state = app_state
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)  # connection_made
+        self.held = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.cycle: _FastCycle | None = None  # an upload being stored
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        if self.cycle is not None:  # more after a whole upload: it will not be read
+            return
+        held = self.held = self.held + data if self.held else data
+        rt = self.full.runtime
+        assert rt is not None  # FirstRequest serves the external listener only
+        found = simple_upload(held, rt.settings.limit_bytes)
+        if found is None:  # it may still become a whole upload: wait a little
+            if self.timer is None:
+                self.timer = asyncio.get_running_loop().call_later(FAST_WAIT_S, self.hand_over)
+        elif not (isinstance(found, tuple) and self._upload(rt, *found)):
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """From here the connection is a `TelemeterProtocol`'s, with the bytes read so far."""
+        self._cancel_timer()
+        self.server_state.connections.discard(self)
+        if self.transport.is_closing():
+            return
+        full = self.full(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        full.connection_made(self.transport)
+        self.transport.set_protocol(full)
+        held, self.held = self.held, b""
+        if held:
+            full.data_received(held)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _upload(self, rt: Runtime, headers: dict[str, str], body: bytes) -> bool:
+        """Handle a whole upload by callbacks; False, with nothing done, when no upload slot is
+        free (the parser's way then waits for one)."""
+        start = time.perf_counter()
+        cycle = _FastCycle()
+        try:
+            stored = upload_now(rt, headers, body)
+        except Exception as exc:
+            self._cancel_timer()
+            self.held = b""
+            self._answer(rt, cycle, start, exc)
+            return True
+        if stored is None:
+            return False
+        self._cancel_timer()
+        self.held = b""
+        self.cycle = cycle
+        stored.add_done_callback(lambda done: self._stored(rt, cycle, start, done))
+        return True
+
+    def _stored(
+        self, rt: Runtime, cycle: _FastCycle, start: float, stored: asyncio.Future[None]
+    ) -> None:
+        if cycle.disconnected:
+            _count(rt, 499, start)  # counted, never sent
+            return
+        error = stored.exception() if not stored.cancelled() else TimeoutError("cancelled")
+        self._answer(rt, cycle, start, error)
+
+    def _answer(
+        self, rt: Runtime, cycle: _FastCycle, start: float, error: BaseException | None
+    ) -> None:
+        status, reason, retry_after = _outcome(rt, error)
+        cycle.response_complete = True
+        rt.metrics.fast_answered.inc()
+        if not self.transport.is_closing():
+            state = self.server_state
+            self.transport.write(_answer_bytes(state, status, reason, retry_after, close=True))
+            self.transport.close()
+        _count(rt, status, start)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.held = b""
+        self.server_state.connections.discard(self)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: an upload being stored is answered first."""
+        if self.cycle is None:
+            self.transport.close()

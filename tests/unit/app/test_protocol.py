@@ -16,13 +16,20 @@ import pytest
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from app.main import _config, _Server
-from app.protocol import TelemeterProtocol, UploadCycle, _AnswerTransport, _Linger
+from app.protocol import FirstRequest, TelemeterProtocol, UploadCycle, _AnswerTransport, _Linger
 from app.runtime import Runtime
 from app.settings import parse_settings
 from dev.ports import free_port
 
 CONNECTIONS = 20
-KINDS = (RequestResponseCycle, UploadCycle, TelemeterProtocol, _AnswerTransport, _Linger)
+KINDS = (
+    RequestResponseCycle,
+    UploadCycle,
+    TelemeterProtocol,
+    FirstRequest,
+    _AnswerTransport,
+    _Linger,
+)
 
 
 async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -135,7 +142,9 @@ async def _two_connections_and_another_listener() -> None:
     config = _config(_ok, f"127.0.0.1:{free_port()}", None, None, head_timeout_s=5, uploads=rt)
     config.load()
     server = _Server(config)
-    cls: type[TelemeterProtocol] = config.http_protocol_class  # type: ignore[assignment]
+    first_request: type[FirstRequest] = config.http_protocol_class  # type: ignore[assignment]
+    assert issubclass(first_request, FirstRequest)  # the external listener's, until handed over
+    cls = first_request.full
     first, second = (
         cls(config=config, server_state=server.server_state, app_state={}) for _ in range(2)
     )
@@ -147,6 +156,6 @@ async def _two_connections_and_another_listener() -> None:
     # Another listener (its own config and state) gets its own.
     other = _config(_ok, f"127.0.0.1:{free_port()}", None, None, head_timeout_s=5, uploads=rt)
     other.load()
-    other_cls: type[TelemeterProtocol] = other.http_protocol_class  # type: ignore[assignment]
-    third = other_cls(config=other, server_state=_Server(other).server_state, app_state={})
+    other_first: type[FirstRequest] = other.http_protocol_class  # type: ignore[assignment]
+    third = other_first.full(config=other, server_state=_Server(other).server_state, app_state={})
     assert third.config is other and third.connections is not first.connections
