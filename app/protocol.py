@@ -13,13 +13,13 @@
 An `UploadCycle` stands where uvicorn keeps its request-response cycle, so uvicorn's own keep-alive,
 pipelining, flow control and graceful shutdown apply to uploads unchanged.
 
-The fast path (docs/architecture.md, "The upload fast path"): on the external listener, the
-bytes of a connection's first request are held back from the parser until they are known to be
-one whole, plainly framed ``POST /upload`` with ``Connection: close`` (`simple_upload`), as the Go
-client sends. Such an upload is handled by callbacks (`app.uploads.upload_now`), with no parser
-callback, cycle or task of its own but the store's write. Anything else, or bytes that do not
-make a whole request within `FAST_WAIT_S`, goes to the parser as it came, and from there on the
-connection is served as above.
+The fast path (docs/architecture.md, "The upload fast path"): the external listener's protocol
+is a light one, `FirstRequest`, which holds the bytes of a connection's first request until they
+are known to be one whole, plainly framed ``POST /upload`` with ``Connection: close``
+(`simple_upload`), as the Go client sends. Such an upload is handled by callbacks
+(`app.uploads.upload_now`), with no uvicorn object, parser callback, cycle or task of its own but
+the store's write. Any other connection, or bytes that do not make a whole request within
+`FAST_WAIT_S`, is handed to a `TelemeterProtocol` with the bytes read, and served as above.
 """
 
 from __future__ import annotations
