@@ -147,23 +147,14 @@ def _chunked_body(data: bytes, pos: int, limit: int) -> bytes | Literal[False] |
         pos += size + 2
 
 
-class _NoEvent:
-    """What uvicorn sets on a cycle's ``message_event`` when the connection is lost."""
-
-    def set(self) -> None:
-        pass
-
-
 class _FastCycle:
-    """Stands for the cycle of an upload on the fast path while it is stored: uvicorn's graceful
-    shutdown waits for it, and a lost connection marks it."""
+    """An upload of `FirstRequest` while it is stored: whether it is answered, or the client
+    left first."""
 
-    __slots__ = ("disconnected", "keep_alive", "response_complete")
-    message_event = _NoEvent()
+    __slots__ = ("disconnected", "response_complete")
 
     def __init__(self) -> None:
         self.response_complete = False
-        self.keep_alive = False
         self.disconnected = False
 
 
