@@ -42,8 +42,9 @@ from app.scripts import (
 log = logging.getLogger(__name__)
 
 # Everything redis-py raises for an unreachable or failing cluster (RedisClusterException is not
-# a RedisError).
-REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
+# a RedisError). RuntimeError: on uvloop, a write on a transport that closed under redis-py
+# raises "the handler is closed", which redis-py passes on (then drops the connection).
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, RuntimeError)
 
 
 # Errors of a bare node connection after which the cluster client is asked instead.
