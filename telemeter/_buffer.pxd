@@ -152,7 +152,7 @@ cdef int grow(Buf *b, Py_ssize_t extra) except -1
 cdef inline int put(Buf *b, const char *s, Py_ssize_t n) except -1:
     if b.len + n > b.cap:
         grow(b, n)
-    memcpy(b.data + b.len, s, n)
+    tm_copy(b.data + b.len, s, n)  # names and values: mostly short
     b.len += n
     return 0
 
